@@ -1,0 +1,1 @@
+"""Database access: engine and sessions (:mod:`.engine`), tables (:mod:`.models`), schema upgrade (:mod:`.schema`)."""

@@ -1,0 +1,275 @@
+"""Table definitions (SQLAlchemy Core), schema-compatible with the upstream Go/GORM tables.
+
+Invariants:
+- Column names, types and status strings are upstream's (spec 2.1, 8.1, 9.1) so Go and Python processes can
+  share one database. Columns we add are nullable or defaulted, so rows written by the Go services still work:
+  outbox ``claim_token`` (relay lease owner; the lease expiry reuses ``next_retry_at``), channel ``webhook_kind``,
+  ``sign_secret``, ``msg_type``, record ``send_token``.
+- DB datetimes are naive wall-clock times in the configured zone (Go DSN ``loc=Local``, ``Asia/Shanghai``),
+  DATETIME(3) on MySQL like GORM.
+- Index names follow upstream on MySQL; SQLite index names are global, so there they get the table name as a
+  prefix (see :mod:`smartflow_streams.db.schema`).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+metadata = sa.MetaData()
+
+DateTime = sa.DateTime().with_variant(mysql.DATETIME(fsp=3), "mysql", "mariadb")
+LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+JSONText = sa.Text().with_variant(mysql.JSON(), "mysql", "mariadb")
+
+
+class OutboxStatus(str, enum.Enum):
+    PENDING = "pending"
+    PUBLISHED = "published"
+    CONSUMED = "consumed"
+    DEAD = "dead"
+
+
+TERMINAL_OUTBOX = (OutboxStatus.CONSUMED.value, OutboxStatus.DEAD.value)
+
+
+# (index name, columns, unique) per table; schema.py creates them.
+OUTBOX_INDEXES: list[tuple[str, tuple[str, ...], bool]] = [
+    ("idx_outbox_status_next", ("status", "next_retry_at", "biz_type"), False),
+    ("idx_outbox_service_name", ("service_name",), False),
+]
+
+
+def _outbox_columns() -> list[sa.Column]:
+    return [
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column("biz_type", sa.String(64), nullable=False),
+        sa.Column("service_name", sa.String(64), nullable=False, server_default=""),
+        sa.Column("topic", sa.String(128), nullable=False),
+        sa.Column("message_key", sa.String(128), nullable=False),
+        sa.Column("payload", LongText, nullable=False),
+        sa.Column("status", sa.String(32), nullable=False),
+        sa.Column("retry_count", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("max_retry", sa.Integer, nullable=False, server_default="20"),
+        sa.Column("next_retry_at", DateTime, nullable=True),
+        sa.Column("last_error", sa.Text, nullable=True),
+        sa.Column("published_at", DateTime, nullable=True),
+        sa.Column("consumed_at", DateTime, nullable=True),
+        sa.Column("created_at", DateTime, nullable=True),
+        sa.Column("updated_at", DateTime, nullable=True),
+        # Added by smartflow-streams: the relay's claim. NULL = unclaimed. While claimed, next_retry_at holds the
+        # lease expiry, so the upstream due-scan index (status, next_retry_at) also serves lease recovery.
+        sa.Column("claim_token", sa.String(64), nullable=True),
+    ]
+
+
+@functools.lru_cache(maxsize=None)
+def outbox_table(name: str) -> sa.Table:
+    """The outbox table with the given physical name (all services share one schema)."""
+    existing = metadata.tables.get(name)
+    if existing is not None:
+        return existing
+    return sa.Table(name, metadata, *_outbox_columns())
+
+
+notification_records = sa.Table(
+    "notification_records",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("user_id", sa.BigInteger, nullable=False),
+    sa.Column("trigger_id", sa.String(64), nullable=False),
+    sa.Column("preview_id", sa.String(64), nullable=False),
+    sa.Column("trigger_type", sa.String(64), nullable=False),
+    sa.Column("target_type", sa.String(64), nullable=False),
+    sa.Column("target_id", sa.BigInteger, nullable=False),
+    sa.Column("dedupe_key", sa.String(191), nullable=False),
+    sa.Column("target_url", sa.String(255), nullable=False),
+    sa.Column("summary_text", sa.Text, nullable=True),
+    sa.Column("fallback_text", sa.Text, nullable=True),
+    sa.Column("fallback_used", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("status", sa.String(32), nullable=False, server_default="pending"),
+    sa.Column("attempt_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer, nullable=False, server_default="5"),
+    sa.Column("next_retry_at", DateTime, nullable=True),
+    sa.Column("last_error_code", sa.String(64), nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("provider_message_id", sa.String(128), nullable=True),
+    sa.Column("provider_request_json", JSONText, nullable=True),
+    sa.Column("provider_response_json", JSONText, nullable=True),
+    sa.Column("sent_at", DateTime, nullable=True),
+    sa.Column("trace_id", sa.String(128), nullable=True),
+    sa.Column("created_at", DateTime, nullable=True),
+    sa.Column("updated_at", DateTime, nullable=True),
+    # Added: the sender's lease token; a late write from an expired sender carries an old token and no-ops.
+    sa.Column("send_token", sa.String(64), nullable=True),
+)
+
+NOTIFICATION_RECORD_INDEXES = [
+    ("uk_notification_dedupe", ("channel", "dedupe_key"), True),
+    ("idx_notification_user_created", ("user_id", "created_at"), False),
+    ("idx_notification_status_retry", ("status", "next_retry_at"), False),
+    ("idx_notification_records_trigger_id", ("trigger_id",), False),
+    ("idx_notification_records_preview_id", ("preview_id",), False),
+]
+
+user_notification_channels = sa.Table(
+    "user_notification_channels",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.BigInteger, nullable=False),
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("webhook_url", sa.Text, nullable=True),
+    sa.Column("auth_type", sa.String(32), nullable=False, server_default="none"),
+    sa.Column("bearer_token", sa.Text, nullable=True),
+    sa.Column("last_test_status", sa.String(32), nullable=True),
+    sa.Column("last_test_error", sa.Text, nullable=True),
+    sa.Column("last_test_at", DateTime, nullable=True),
+    sa.Column("created_at", DateTime, nullable=True),
+    sa.Column("updated_at", DateTime, nullable=True),
+    # Added: which webhook protocol (flow = upstream Feishu Flow trigger, bot = custom bot) and its options.
+    sa.Column("webhook_kind", sa.String(16), nullable=True),
+    sa.Column("sign_secret", sa.Text, nullable=True),
+    sa.Column("msg_type", sa.String(16), nullable=True),
+)
+
+CHANNEL_INDEXES = [
+    ("uk_user_notification_channel", ("user_id", "channel"), True),
+    ("idx_user_notification_channels_user_id", ("user_id",), False),
+]
+
+active_schedule_triggers = sa.Table(
+    "active_schedule_triggers",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.BigInteger, nullable=False),
+    sa.Column("trigger_type", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("target_type", sa.String(64), nullable=False),
+    sa.Column("target_id", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("feedback_id", sa.String(128), nullable=True),
+    sa.Column("job_id", sa.String(64), nullable=True),
+    sa.Column("idempotency_key", sa.String(191), nullable=True),
+    sa.Column("dedupe_key", sa.String(191), nullable=True),
+    sa.Column("status", sa.String(32), nullable=False, server_default="pending"),
+    sa.Column("mock_now", DateTime, nullable=True),
+    sa.Column("is_mock_time", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("requested_at", DateTime, nullable=False),
+    sa.Column("payload_json", JSONText, nullable=True),
+    sa.Column("preview_id", sa.String(64), nullable=True),
+    sa.Column("last_error_code", sa.String(64), nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("processed_at", DateTime, nullable=True),
+    sa.Column("completed_at", DateTime, nullable=True),
+    sa.Column("trace_id", sa.String(64), nullable=True),
+    sa.Column("created_at", DateTime, nullable=True),
+    sa.Column("updated_at", DateTime, nullable=True),
+    sa.Column("deleted_at", DateTime, nullable=True),
+)
+
+TRIGGER_INDEXES = [
+    ("idx_active_triggers_user_created", ("user_id", "created_at"), False),
+    ("idx_active_triggers_target", ("target_type", "target_id"), False),
+    ("idx_active_triggers_feedback", ("feedback_id",), False),
+    ("idx_active_triggers_job", ("job_id",), False),
+    ("idx_active_triggers_idempotency", ("idempotency_key",), False),
+    ("idx_active_triggers_dedupe", ("dedupe_key", "trigger_type"), False),
+    ("idx_active_triggers_status_updated", ("status", "updated_at"), False),
+    ("idx_active_triggers_preview", ("preview_id",), False),
+    ("idx_active_triggers_trace", ("trace_id",), False),
+    ("idx_active_schedule_triggers_deleted_at", ("deleted_at",), False),
+]
+
+active_schedule_jobs = sa.Table(
+    "active_schedule_jobs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.BigInteger, nullable=False),
+    sa.Column("task_id", sa.BigInteger, nullable=False),
+    sa.Column("trigger_type", sa.String(64), nullable=False, server_default="important_urgent_task"),
+    sa.Column("status", sa.String(32), nullable=False, server_default="pending"),
+    sa.Column("trigger_at", DateTime, nullable=False),
+    sa.Column("dedupe_key", sa.String(191), nullable=True),
+    sa.Column("last_trigger_id", sa.String(64), nullable=True),
+    sa.Column("last_error_code", sa.String(64), nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_scanned_at", DateTime, nullable=True),
+    sa.Column("trace_id", sa.String(64), nullable=True),
+    sa.Column("created_at", DateTime, nullable=True),
+    sa.Column("updated_at", DateTime, nullable=True),
+    sa.Column("deleted_at", DateTime, nullable=True),
+)
+
+JOB_INDEXES = [
+    ("idx_active_jobs_user_status_trigger", ("user_id", "status", "trigger_at"), False),
+    ("idx_active_jobs_task_status", ("user_id", "task_id", "status"), False),
+    ("idx_active_jobs_dedupe", ("dedupe_key",), False),
+    ("idx_active_jobs_last_trigger", ("last_trigger_id",), False),
+    ("idx_active_jobs_trace_id", ("trace_id",), False),
+    ("idx_active_schedule_jobs_deleted_at", ("deleted_at",), False),
+]
+
+active_schedule_previews = sa.Table(
+    "active_schedule_previews",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("trigger_id", sa.String(64), nullable=False),
+    sa.Column("user_id", sa.BigInteger, nullable=False),
+    sa.Column("trigger_type", sa.String(64), nullable=False),
+    sa.Column("target_type", sa.String(64), nullable=False),
+    sa.Column("target_id", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("status", sa.String(32), nullable=False, server_default="pending"),
+    sa.Column("apply_status", sa.String(32), nullable=False, server_default="none"),
+    sa.Column("apply_idempotency_key", sa.String(191), nullable=True),
+    sa.Column("summary_text", sa.Text, nullable=True),
+    sa.Column("notification_summary", sa.Text, nullable=True),
+    sa.Column("preview_json", JSONText, nullable=True),
+    sa.Column("generated_at", DateTime, nullable=True),
+    sa.Column("expires_at", DateTime, nullable=True),
+    sa.Column("trace_id", sa.String(64), nullable=True),
+    sa.Column("created_at", DateTime, nullable=True),
+    sa.Column("updated_at", DateTime, nullable=True),
+    sa.Column("deleted_at", DateTime, nullable=True),
+)
+
+PREVIEW_INDEXES = [
+    ("uk_active_preview_apply_idem", ("id", "apply_idempotency_key"), True),
+    ("idx_active_previews_trigger", ("trigger_id",), False),
+    ("idx_active_previews_user_created", ("user_id", "created_at"), False),
+]
+
+# Our own: leader lease per outbox table (relay exclusive mode) and the admin audit trail.
+outbox_relay_leases = sa.Table(
+    "outbox_relay_leases",
+    metadata,
+    sa.Column("table_name", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("lease_until", DateTime, nullable=False),
+    sa.Column("updated_at", DateTime, nullable=True),
+)
+
+outbox_admin_audit = sa.Table(
+    "outbox_admin_audit",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("service_name", sa.String(64), nullable=False),
+    sa.Column("outbox_id", sa.BigInteger, nullable=True),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("created_at", DateTime, nullable=False),
+)
+
+FIXED_TABLE_INDEXES: dict[str, list[tuple[str, tuple[str, ...], bool]]] = {
+    "notification_records": NOTIFICATION_RECORD_INDEXES,
+    "user_notification_channels": CHANNEL_INDEXES,
+    "active_schedule_triggers": TRIGGER_INDEXES,
+    "active_schedule_jobs": JOB_INDEXES,
+    "active_schedule_previews": PREVIEW_INDEXES,
+    "outbox_relay_leases": [],
+    "outbox_admin_audit": [("idx_outbox_admin_audit_service", ("service_name", "created_at"), False)],
+}

@@ -1,0 +1,45 @@
+import pytest
+
+import config
+
+
+def test_defaults_are_embedded() -> None:
+    s = config.load_settings()
+    assert s.database_url.startswith("sqlite+aiosqlite:///./var/")
+    assert s.time_zone == "Asia/Shanghai" and s.relay.batch_size == 500
+
+
+def test_env_prefix_nested_and_faust_passthrough(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMARTFLOW_KAFKA_BOOTSTRAP", "k1:9092,k2:9093")
+    monkeypatch.setenv("SMARTFLOW_RELAY__BATCH_SIZE", "200")
+    monkeypatch.setenv("SMARTFLOW_FAUST__BROKER_SESSION_TIMEOUT", "6")
+    s = config.load_settings()
+    assert s.bootstrap_servers() == ["k1:9092", "k2:9093"]
+    assert s.relay.batch_size == 200 and s.faust == {"broker_session_timeout": 6}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("SMARTFLOW_RELAY__BATCH_SIZE", "0", "SMARTFLOW_RELAY__BATCH_SIZE"),
+        ("SMARTFLOW_KAFKA_BOOTSTRAP", "nohostport", "SMARTFLOW_KAFKA_BOOTSTRAP"),
+        ("SMARTFLOW_DATABASE_URL", "postgresql://x", "SMARTFLOW_DATABASE_URL"),
+        ("SMARTFLOW_TIME_ZONE", "Mars/Base", "SMARTFLOW_TIME_ZONE"),
+        ("SMARTFLOW_FAUST__NOT_A_SETTING", "1", "SMARTFLOW_FAUST__NOT_A_SETTING"),
+        ("SMARTFLOW_NOTIFICATION__MAX_ATTEMPTS", "abc", "SMARTFLOW_NOTIFICATION__MAX_ATTEMPTS"),
+    ],
+)
+def test_invalid_config_names_the_key(monkeypatch: pytest.MonkeyPatch, key: str, value: str, named: str) -> None:
+    monkeypatch.setenv(key, value)
+    with pytest.raises(config.ConfigError) as err:
+        config.load_settings()
+    assert named in str(err.value)
+
+
+def test_masked_hides_secrets() -> None:
+    s = config.load_settings(
+        database_url="mysql+aiomysql://app:topsecret@127.0.0.1:3306/x", admin_token="adm-123456",
+        api_tokens={"tok-abcdef": 1},
+    )
+    text = str(s.masked())
+    assert "topsecret" not in text and "adm-123456" not in text and "tok-abcdef" not in text
