@@ -1,0 +1,459 @@
+"""The two JSON layers around every event (spec 4.1) and the Go ``encoding/json`` rules they must follow.
+
+Layers:
+
+1. :class:`OutboxEventShell` - stored in the outbox row's ``payload`` column:
+   ``{"event_id"?, "event_type", "event_version"?, "aggregate_id"?, "payload": <raw JSON>}``.
+2. :class:`KafkaEnvelope` - the Kafka message value:
+   ``{"outbox_id", "event_id"?, "event_type", "event_version"?, "service_name"?, "aggregate_id"?, "payload"}``
+   (``?`` = omitted when empty, Go ``omitempty``).
+
+Byte compatibility with Go's ``json.Marshal`` (Go 1.23, the upstream toolchain):
+
+* Keys in struct-field order, compact separators, UTF-8 text (no ``\\uXXXX`` for non-ASCII).
+* ``<``, ``>``, ``&``, U+2028 and U+2029 are escaped as ``\\u003c``, ``\\u003e``, ``\\u0026``, ``\\u2028``,
+  ``\\u2029`` - in plain strings **and** inside embedded raw JSON (Go compacts ``json.RawMessage`` with HTML
+  escaping). Lone surrogates (invalid UTF-8 in Go) become U+FFFD.
+* Raw JSON fields are kept as compact text: insignificant whitespace removed, every token (number spelling,
+  string escapes) kept verbatim, so a payload re-embeds unchanged.
+* ``NaN``/``Infinity`` and top-level values other than one JSON document are rejected (Go's ``json.Valid``).
+
+Decoding follows ``json.Unmarshal`` into a struct: unknown keys are ignored; a JSON ``null`` for a non-pointer
+field leaves the zero value; duplicate keys: the last wins; integers must be JSON integers within int64
+(``42.0``, ``"42"`` and ``true`` are rejected). Limits: Go also matches keys case-insensitively (``"User_ID"``);
+this decoder matches exact keys only (Go writers always emit the exact tag). Invalid UTF-8 bytes are replaced by
+U+FFFD before decoding. Python-built payloads given as ``dict`` keep insertion order (Go sorts ``map`` keys) and
+floats use Python's spelling.
+
+Every validation failure raises :class:`~smartflow_streams.errors.ContractError` (never retried).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from enum import Enum
+from typing import Annotated, Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
+
+from smartflow_streams.errors import ContractError
+
+DEFAULT_EVENT_VERSION = "v1"
+"""Upstream shell/envelope default version (``outbox.DefaultEventVersion``); see trap 11.13."""
+
+ACCEPTED_CONTRACT_VERSIONS: tuple[str, ...] = ("", "1", "v1")
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+# Go's unicode.IsSpace set, used by strings.TrimSpace (Python's str.strip also strips U+001C..U+001F).
+_GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+_JSON_WS = re.compile(r"[ \t\n\r]*")
+_STRING_OR_WS = re.compile(r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+', re.DOTALL)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_HTML_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_HTML_UNSAFE = re.compile("[<>&\u2028\u2029]")
+_LEADING_OUTBOX_ID = re.compile(r'\A[ \t\n\r]*\{[ \t\n\r]*"outbox_id"[ \t\n\r]*:[ \t\n\r]*([1-9][0-9]{0,18})[ \t\n\r]*[,}]')
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+# -- Go encoding/json helpers -----------------------------------------------------------------------------------
+
+
+def go_trim_space(value: str) -> str:
+    """Go ``strings.TrimSpace``."""
+    return value.strip(_GO_SPACE)
+
+
+def _html_escape(text: str) -> str:
+    return _HTML_UNSAFE.sub(lambda m: _HTML_ESCAPES[m.group(0)], text)
+
+
+def go_json_string(value: str) -> str:
+    """A JSON string literal exactly as Go's ``json.Marshal`` writes it."""
+    clean = _SURROGATE.sub("\ufffd", value)
+    return _html_escape(json.dumps(clean, ensure_ascii=False))
+
+
+def go_json_value(value: Any) -> str:
+    """Encode JSON-able Python data the way Go would (compact, UTF-8, HTML-escaped). Dict order is kept."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ContractError(f"value is not JSON-encodable: {exc}") from None
+    return _html_escape(_SURROGATE.sub("\ufffd", text))
+
+
+def _as_text(data: str | bytes | bytearray) -> str:
+    if isinstance(data, (bytes, bytearray)):
+        return bytes(data).decode("utf-8", errors="replace")
+    if isinstance(data, str):
+        return data
+    raise ContractError(f"expected JSON text, got {type(data).__name__}")
+
+
+def _decode_value(text: str, index: int) -> tuple[Any, int]:
+    try:
+        return _DECODER.raw_decode(text, index)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, NaN/Infinity, absurd nesting
+        raise ContractError(f"invalid JSON: {exc}") from None
+
+
+def _skip_ws(text: str, index: int) -> int:
+    match = _JSON_WS.match(text, index)
+    return match.end() if match else index
+
+
+def compact_raw_json(raw: str | bytes | bytearray) -> str:
+    """Validate one JSON document and return it compacted like Go's ``json.Compact`` + HTML escaping.
+
+    Tokens are kept verbatim (``1.50`` stays ``1.50``, ``"\\u00e9"`` stays escaped). Raises ContractError.
+    """
+    text = _as_text(raw)
+    start = _skip_ws(text, 0)
+    if start == len(text):
+        raise ContractError("invalid JSON: empty document")
+    _, end = _decode_value(text, start)
+    if _skip_ws(text, end) != len(text):
+        raise ContractError(f"invalid JSON: extra data after the document at offset {end}")
+    body = text[start:end]
+    compacted = _STRING_OR_WS.sub(lambda m: m.group(1) or "", body)
+    return _html_escape(compacted)
+
+
+def split_json_object(data: str | bytes | bytearray) -> dict[str, tuple[Any, str]]:
+    """Decode a top-level JSON object into ``{key: (decoded value, raw value text)}`` (last duplicate wins)."""
+    text = _as_text(data)
+    index = _skip_ws(text, 0)
+    if index >= len(text) or text[index] != "{":
+        raise ContractError("invalid JSON: expected a JSON object")
+    members: dict[str, tuple[Any, str]] = {}
+    index = _skip_ws(text, index + 1)
+    if index < len(text) and text[index] == "}":
+        return _finish_object(text, index + 1, members)
+    while True:
+        if index >= len(text) or text[index] != '"':
+            raise ContractError(f"invalid JSON: expected an object key at offset {index}")
+        key, index = _decode_value(text, index)
+        index = _skip_ws(text, index)
+        if index >= len(text) or text[index] != ":":
+            raise ContractError(f"invalid JSON: expected ':' at offset {index}")
+        value_start = _skip_ws(text, index + 1)
+        value, index = _decode_value(text, value_start)
+        members[key] = (value, text[value_start:index])
+        index = _skip_ws(text, index)
+        if index < len(text) and text[index] == ",":
+            index = _skip_ws(text, index + 1)
+            continue
+        if index < len(text) and text[index] == "}":
+            return _finish_object(text, index + 1, members)
+        raise ContractError(f"invalid JSON: expected ',' or '}}' at offset {index}")
+
+
+def _finish_object(text: str, index: int, members: dict[str, tuple[Any, str]]) -> dict[str, tuple[Any, str]]:
+    if _skip_ws(text, index) != len(text):
+        raise ContractError(f"invalid JSON: extra data after the object at offset {index}")
+    return members
+
+
+class GoObjectWriter:
+    """Builds one Go-marshalled JSON object field by field, applying ``omitempty`` per call."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+
+    def _add(self, key: str, fragment: str) -> None:
+        self._parts.append(f"{go_json_string(key)}:{fragment}")
+
+    def string(self, key: str, value: str, *, omitempty: bool = False) -> None:
+        if not (omitempty and value == ""):
+            self._add(key, go_json_string(value))
+
+    def int(self, key: str, value: int, *, omitempty: bool = False) -> None:
+        if not (omitempty and value == 0):
+            self._add(key, str(int(value)))
+
+    def bool(self, key: str, value: bool) -> None:
+        self._add(key, "true" if value else "false")
+
+    def raw(self, key: str, value: str | None, *, omitempty: bool = False) -> None:
+        """``json.RawMessage``: omitted when empty with omitempty, ``null`` when empty without it."""
+        if not value:
+            if not omitempty:
+                self._add(key, "null")
+            return
+        self._add(key, value)
+
+    def text(self) -> str:
+        return "{" + ",".join(self._parts) + "}"
+
+
+# -- pydantic base ----------------------------------------------------------------------------------------------
+
+
+def _coerce_raw_json(value: Any) -> str:
+    """Raw JSON field input: ``str``/``bytes`` are JSON text; other data is encoded; blank text means absent."""
+    if isinstance(value, (str, bytes, bytearray)):
+        text = _as_text(value)
+        if text.strip(" \t\n\r") == "":
+            return ""
+        try:
+            return compact_raw_json(text)
+        except ContractError as exc:
+            raise ValueError(str(exc)) from None
+    try:
+        return go_json_value(value)
+    except ContractError as exc:
+        raise ValueError(str(exc)) from None
+
+
+RawJSON = Annotated[str, PlainValidator(_coerce_raw_json)]
+"""Compact raw JSON text (``""`` = absent). Serialised embedded, never as a JSON string."""
+
+GoInt = Annotated[int, Field(strict=True, ge=INT64_MIN, le=INT64_MAX)]
+"""Go ``int``/``int64`` (64-bit): a JSON integer within int64."""
+
+
+def describe_validation_error(model_name: str, exc: ValidationError) -> str:
+    """One line per pydantic error, ``field: reason``, without pydantic's ``Value error,`` prefix."""
+    reasons = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        reasons.append(f"{loc}: {msg}" if loc else msg)
+    return f"invalid {model_name}: " + "; ".join(reasons)
+
+
+class GoWireModel(BaseModel):
+    """Base for Go-compatible wire models: frozen, strict types, unknown keys ignored, errors as ContractError.
+
+    Subclasses list their ``json.RawMessage`` fields in ``_raw_fields`` and implement ``to_json``. Entry points:
+    the constructor (Python values; ``str`` for a raw field is JSON text) and :meth:`parse` (Go JSON text or a
+    decoded ``dict``). ``model_validate_json`` is not Go-aware (a JSON string payload would be taken as raw text).
+    """
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    _raw_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ContractError(describe_validation_error(type(self).__name__, exc)) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            raise ContractError(describe_validation_error(cls.__name__, exc)) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _go_null_and_enums(cls, data: Any) -> Any:
+        # Go: a JSON null leaves a non-pointer field at its zero value; enums travel as their string value.
+        if not isinstance(data, Mapping):
+            return data
+        cleaned: dict[Any, Any] = {}
+        for key, value in data.items():
+            if value is None:
+                continue
+            cleaned[key] = value.value if isinstance(value, Enum) else value
+        return cleaned
+
+    @classmethod
+    def parse(cls, raw: str | bytes | bytearray | Mapping[str, Any]) -> Self:
+        """Decode Go-written JSON text (or an already-decoded ``dict``) and validate. Raises ContractError."""
+        if isinstance(raw, Mapping):
+            data = {
+                key: (go_json_value(value) if key in cls._raw_fields else value) for key, value in raw.items()
+            }
+        else:
+            try:
+                members = split_json_object(raw)
+            except ContractError as exc:
+                raise ContractError(f"invalid {cls.__name__}: {exc}") from None
+            data = {key: (text if key in cls._raw_fields else value) for key, (value, text) in members.items()}
+        return cls(**{str(key): value for key, value in data.items()})
+
+    def to_json(self) -> str:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+    def to_json_bytes(self) -> bytes:
+        return self.to_json().encode("utf-8")
+
+    def decoded(self, field: str = "payload") -> Any:
+        """A raw JSON field decoded to Python data (``None`` when absent)."""
+        text = getattr(self, field)
+        return json.loads(text) if text else None
+
+
+# -- layer 1: outbox event shell ---------------------------------------------------------------------------------
+
+
+class OutboxEventShell(GoWireModel):
+    """Go ``outbox.OutboxEventPayload``, stored in the outbox row's ``payload`` column.
+
+    Construction validates: ``event_type`` non-blank, ``payload`` present and not ``null``. :meth:`parse` also
+    trims every string with Go's ``TrimSpace`` and defaults a blank ``event_version`` to ``"v1"`` exactly like
+    upstream's ``parseOutboxEventPayload`` - the very default behind trap 11.13, which is why
+    :func:`check_contract_version` accepts ``"v1"``. (Upstream accepts a ``null`` payload here; we reject it.)
+    """
+
+    _raw_fields: ClassVar[frozenset[str]] = frozenset({"payload"})
+
+    event_id: str = ""
+    event_type: str = ""
+    event_version: str = ""
+    aggregate_id: str = ""
+    payload: RawJSON = ""
+
+    @model_validator(mode="after")
+    def _check_required(self) -> Self:
+        if go_trim_space(self.event_type) == "":
+            raise ValueError("event type is empty")
+        if self.payload in ("", "null"):
+            raise ValueError("payload is empty")
+        return self
+
+    @classmethod
+    def parse(cls, raw: str | bytes | bytearray | Mapping[str, Any]) -> Self:
+        shell = super().parse(raw)
+        version = go_trim_space(shell.event_version) or DEFAULT_EVENT_VERSION
+        return shell.model_copy(
+            update={
+                "event_id": go_trim_space(shell.event_id),
+                "event_type": go_trim_space(shell.event_type),
+                "event_version": version,
+                "aggregate_id": go_trim_space(shell.aggregate_id),
+            }
+        )
+
+    def to_json(self) -> str:
+        out = GoObjectWriter()
+        out.string("event_id", self.event_id, omitempty=True)
+        out.string("event_type", self.event_type)
+        out.string("event_version", self.event_version, omitempty=True)
+        out.string("aggregate_id", self.aggregate_id, omitempty=True)
+        out.raw("payload", self.payload)
+        return out.text()
+
+
+# -- layer 2: Kafka envelope -------------------------------------------------------------------------------------
+
+
+class KafkaEnvelope(GoWireModel):
+    """Go ``kafka.Envelope`` (@a6c1e5d), the Kafka message value.
+
+    ``outbox_id`` must be > 0 and ``payload`` present and not ``null``; a blank ``event_type`` is accepted so the
+    consumer can dead-letter the row by ``outbox_id`` (spec 6.2 step 3). For envelopes that do not parse at all,
+    :func:`try_outbox_id` recovers the id when it can be trusted.
+    """
+
+    _raw_fields: ClassVar[frozenset[str]] = frozenset({"payload"})
+
+    outbox_id: GoInt = 0
+    event_id: str = ""
+    event_type: str = ""
+    event_version: str = ""
+    service_name: str = ""
+    aggregate_id: str = ""
+    payload: RawJSON = ""
+
+    @model_validator(mode="after")
+    def _check_required(self) -> Self:
+        if self.outbox_id <= 0:
+            raise ValueError("outbox_id must be greater than 0")
+        if self.payload in ("", "null"):
+            raise ValueError("payload is missing")
+        return self
+
+    @classmethod
+    def from_shell(cls, outbox_id: int, shell: OutboxEventShell, service_name: str = "") -> KafkaEnvelope:
+        """The relay's envelope for a row: ``event_id`` falls back to the outbox id as a decimal string (spec 5)."""
+        return cls(
+            outbox_id=outbox_id,
+            event_id=go_trim_space(shell.event_id) or str(outbox_id),
+            event_type=shell.event_type,
+            event_version=shell.event_version,
+            service_name=go_trim_space(service_name),
+            aggregate_id=shell.aggregate_id,
+            payload=shell.payload,
+        )
+
+    def to_json(self) -> str:
+        out = GoObjectWriter()
+        out.int("outbox_id", self.outbox_id)
+        out.string("event_id", self.event_id, omitempty=True)
+        out.string("event_type", self.event_type)
+        out.string("event_version", self.event_version, omitempty=True)
+        out.string("service_name", self.service_name, omitempty=True)
+        out.string("aggregate_id", self.aggregate_id, omitempty=True)
+        out.raw("payload", self.payload)
+        return out.text()
+
+
+def try_outbox_id(data: str | bytes | bytearray) -> int | None:
+    """A positive int64 ``outbox_id`` from a message that :meth:`KafkaEnvelope.parse` rejected, else ``None``.
+
+    Valid JSON objects: the top-level ``outbox_id`` if it is a JSON integer in 1..2**63-1. Broken JSON: only
+    when the text *starts* with ``{"outbox_id": <digits>`` followed by ``,`` or ``}`` (how the Go relay and
+    :meth:`KafkaEnvelope.to_json` write it), so an id nested in a payload is never mistaken for the row's.
+    """
+    try:
+        text = _as_text(data)
+    except ContractError:
+        return None
+    try:
+        members = split_json_object(text)
+    except ContractError:
+        match = _LEADING_OUTBOX_ID.match(text)
+        value: Any = int(match.group(1)) if match else None
+    else:
+        value = members.get("outbox_id", (None, ""))[0]
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 < value <= INT64_MAX else None
+
+
+def check_contract_version(version: str | None) -> None:
+    """Accept ``""``, ``"1"`` or ``"v1"`` (after Go ``TrimSpace``); anything else raises ContractError.
+
+    Upstream's contract handlers accept only ``""`` and ``"1"``, yet the shell parser defaults a missing
+    version to ``"v1"``, so an event published without an explicit version was dead-lettered (trap 11.13).
+    We deliberately accept ``"v1"`` as well to fix that; everything we publish still says ``"1"``.
+    """
+    normalized = go_trim_space(version or "")
+    if normalized not in ACCEPTED_CONTRACT_VERSIONS:
+        raise ContractError(
+            f"event_version {version!r} not supported (accepted: {', '.join(repr(v) for v in ACCEPTED_CONTRACT_VERSIONS)})"
+        )
+
+
+__all__ = [
+    "ACCEPTED_CONTRACT_VERSIONS",
+    "DEFAULT_EVENT_VERSION",
+    "GoInt",
+    "GoObjectWriter",
+    "GoWireModel",
+    "KafkaEnvelope",
+    "OutboxEventShell",
+    "RawJSON",
+    "check_contract_version",
+    "compact_raw_json",
+    "describe_validation_error",
+    "go_json_string",
+    "go_json_value",
+    "go_trim_space",
+    "split_json_object",
+    "try_outbox_id",
+]
