@@ -53,6 +53,9 @@ class RelaySettings(BaseModel):
     max_batch_bytes: int = Field(1_048_576, ge=1024)
     acks: str = Field("all", pattern=r"^(all|0|1|-1)$")
     summary_interval_seconds: float = Field(30.0, gt=0)
+    republish_after_seconds: float = Field(
+        600.0, gt=0, description="a published row not consumed within this is republished (lost message sweep)"
+    )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(6067, ge=0, le=65535, description="0 disables the relay's /metrics endpoint")
 

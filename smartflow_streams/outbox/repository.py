@@ -298,6 +298,33 @@ class OutboxRepository:
         )
         return int(result.rowcount or 0)
 
+    async def requeue_stale_published(self, db: Executor, older_than_seconds: float, limit: int = 1000) -> int:
+        """Send ``published`` rows not consumed within ``older_than_seconds`` back to ``pending`` (due now).
+
+        The safety net for messages lost after publishing (broker data loss, a consumer that acked without
+        recording): counts as one retry, so a message no consumer can ever finish still ends ``dead``. Consumers
+        treat the republished copy as a duplicate if it did arrive after all.
+        """
+        t = self.table
+        now = clock.db_now()
+        cutoff = now - timedelta(seconds=older_than_seconds)
+        ids = [int(i) for i in (await db.execute(
+            sa.select(t.c.id).where(t.c.status == OutboxStatus.PUBLISHED.value, t.c.published_at <= cutoff)
+            .order_by(t.c.id).limit(limit))).scalars()]
+        if not ids:
+            return 0
+        reason = f"republished: not consumed within {older_than_seconds:g} s of publishing"
+        await db.execute(
+            sa.update(t).where(t.c.id.in_(ids), t.c.status == OutboxStatus.PUBLISHED.value).values(
+                status=OutboxStatus.PENDING.value, next_retry_at=now, retry_count=t.c.retry_count + 1,
+                last_error=reason, updated_at=now)
+        )
+        dead = sa.update(t).where(t.c.id.in_(ids), t.c.status == OutboxStatus.PENDING.value,
+                                  t.c.retry_count >= t.c.max_retry)
+        await db.execute(dead.values(status=OutboxStatus.DEAD.value, next_retry_at=None,
+                                     last_error=reason + "; retries exhausted"))
+        return len(ids)
+
     # -- consumer side ------------------------------------------------------------------------------------------
 
     async def consume(self, session: AsyncSession, outbox_id: int, business: BusinessFn | None = None) -> ConsumeOutcome:
