@@ -264,6 +264,22 @@ outbox_admin_audit = sa.Table(
     sa.Column("created_at", DateTime, nullable=False),
 )
 
+# Ours: Kafka messages that cannot be tied to an outbox row (invalid JSON, no outbox_id). Upstream committed them
+# silently (trap 16); here they end in a visible dead state with the reason and the raw bytes (first 64 KiB).
+outbox_dead_messages = sa.Table(
+    "outbox_dead_messages",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("service_name", sa.String(64), nullable=False),
+    sa.Column("topic", sa.String(128), nullable=False),
+    sa.Column("kafka_partition", sa.Integer, nullable=False),
+    sa.Column("kafka_offset", sa.BigInteger, nullable=False),
+    sa.Column("message_key", sa.String(128), nullable=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("raw_value", LongText, nullable=True),
+    sa.Column("created_at", DateTime, nullable=False),
+)
+
 FIXED_TABLE_INDEXES: dict[str, list[tuple[str, tuple[str, ...], bool]]] = {
     "notification_records": NOTIFICATION_RECORD_INDEXES,
     "user_notification_channels": CHANNEL_INDEXES,
@@ -272,4 +288,5 @@ FIXED_TABLE_INDEXES: dict[str, list[tuple[str, tuple[str, ...], bool]]] = {
     "active_schedule_previews": PREVIEW_INDEXES,
     "outbox_relay_leases": [],
     "outbox_admin_audit": [("idx_outbox_admin_audit_service", ("service_name", "created_at"), False)],
+    "outbox_dead_messages": [("uk_outbox_dead_messages_position", ("topic", "kafka_partition", "kafka_offset"), True)],
 }

@@ -1,0 +1,117 @@
+"""Helpers for integration tests: spawn relays/workers as real processes, read topics back, poll the DB."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def base_env(db_url: str, bootstrap: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTFLOW_")}
+    env.update({
+        "SMARTFLOW_DATABASE_URL": db_url,
+        "SMARTFLOW_KAFKA_BOOTSTRAP": bootstrap,
+        "SMARTFLOW_RELAY__METRICS_PORT": "0",
+        "SMARTFLOW_LOG_LEVEL": "info",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+def spawn(args: list[str], env: dict[str, str], log_path: pathlib.Path) -> subprocess.Popen[bytes]:
+    log = open(log_path, "ab")
+    return subprocess.Popen([sys.executable, *args], env=env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def spawn_relay(env: dict[str, str], log_path: pathlib.Path) -> subprocess.Popen[bytes]:
+    return spawn(["-m", "outbox_relay"], env, log_path)
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        kill9(proc)
+        return -9
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, interval: float = 0.1,
+                   what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class TopicReader:
+    """Reads topics from the beginning in the background (no consumer group: plain assignment via subscribe)."""
+
+    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+        self.bootstrap, self.topics = bootstrap, topics
+        self.records: list[Any] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> TopicReader:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except (asyncio.CancelledError, Exception):
+            pass
+
+    async def _run(self) -> None:
+        while True:
+            consumer = AIOKafkaConsumer(*self.topics, bootstrap_servers=self.bootstrap, group_id=None,
+                                        auto_offset_reset="earliest", enable_auto_commit=False,
+                                        metadata_max_age_ms=1000)
+            try:
+                await consumer.start()
+                while True:
+                    batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+                    for records in batch.values():
+                        self.records.extend(records)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # broker restarting: reconnect
+                await asyncio.sleep(0.5)
+            finally:
+                try:
+                    await consumer.stop()
+                except Exception:
+                    pass
+
+    def outbox_ids(self) -> list[int]:
+        return [json.loads(r.value)["outbox_id"] for r in self.records]
+
+    async def wait_count(self, n: int, timeout: float) -> None:
+        async def enough() -> bool:
+            return len(set(self.outbox_ids())) >= n
+        await wait_for(enough, timeout, what=f"{n} distinct outbox ids on {self.topics}")
