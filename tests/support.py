@@ -115,3 +115,49 @@ class TopicReader:
         async def enough() -> bool:
             return len(set(self.outbox_ids())) >= n
         await wait_for(enough, timeout, what=f"{n} distinct outbox ids on {self.topics}")
+
+
+class FakeFeishu:
+    """A real aiohttp server on 127.0.0.1 playing the Feishu Flow webhook. ``script`` maps the n-th POST (1-based)
+    to (http status, JSON body, delay seconds); unscripted POSTs succeed with code 0."""
+
+    def __init__(self, script: dict[int, tuple[int, dict[str, Any], float]] | None = None) -> None:
+        from aiohttp import web
+
+        self.script = script or {}
+        self.posts: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self._web = web
+        self._runner: Any = None
+        self.port = 0
+
+    async def __aenter__(self) -> FakeFeishu:
+        web = self._web
+        app = web.Application()
+        app.router.add_post("/flow/api/trigger-webhook/{token}", self._handle)
+        app.router.add_get("/posts", self._list)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        from smartflow_streams.embedded import free_port
+
+        self.port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+    async def _list(self, _request: Any) -> Any:
+        return self._web.json_response(self.posts)
+
+    async def _handle(self, request: Any) -> Any:
+        body = await request.json()
+        self.posts.append(body)
+        self.headers.append(dict(request.headers))
+        status, reply, delay = self.script.get(len(self.posts), (200, {"code": 0, "msg": "success"}, 0.0))
+        if delay:
+            await asyncio.sleep(delay)
+        return self._web.json_response(reply, status=status)
+
+    def url(self, user_id: int) -> str:
+        return f"http://127.0.0.1:{self.port}/flow/api/trigger-webhook/tok-user-{user_id}-secretpart"

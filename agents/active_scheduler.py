@@ -1,0 +1,30 @@
+"""``active_schedule.triggered`` handler (owner: active-scheduler): the trigger workflow inside the consume
+transaction (upstream 8.4). On failure the transaction rolls back and, afterwards, the trigger is marked
+``failed`` (``worker_failed``) in its own transaction, best effort, as upstream; the outbox row goes to retry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from smartflow_streams.catalog import ACTIVE_SCHEDULER
+from smartflow_streams.contracts.events import ACTIVE_SCHEDULE_TRIGGERED, ActiveScheduleTriggeredPayload
+from smartflow_streams.errors import is_retriable
+from smartflow_streams.handlers import HandlerContext, handlers
+from smartflow_streams.scheduler.workflow import mark_trigger_failed, run_trigger_workflow
+
+
+@handlers.transactional(ACTIVE_SCHEDULE_TRIGGERED, service=ACTIVE_SCHEDULER, model=ActiveScheduleTriggeredPayload)
+async def on_triggered(ctx: HandlerContext, session: AsyncSession, payload: ActiveScheduleTriggeredPayload) -> Any:
+    return await run_trigger_workflow(
+        session, payload, builder=ctx.runtime.preview_builder, settings=ctx.runtime.settings)
+
+
+async def _on_error(ctx: HandlerContext, payload: ActiveScheduleTriggeredPayload, exc: Exception) -> None:
+    code = "worker_failed" if is_retriable(exc) else "payload_invalid"
+    await mark_trigger_failed(ctx.sessions, payload.trigger_id, code, f"{type(exc).__name__}: {exc}")
+
+
+on_triggered.on_error = _on_error  # type: ignore[attr-defined]

@@ -1,0 +1,110 @@
+"""Public API for services to register handlers for their own event types.
+
+    from smartflow_streams.handlers import handlers
+
+    @handlers.transactional("memory.extract.requested", service="memory", model=MyPayload)
+    async def extract(ctx: HandlerContext, session: AsyncSession, payload: MyPayload) -> None:
+        ...  # business writes; they commit atomically with the outbox row's `consumed`
+
+Two kinds:
+- ``transactional`` (the default pattern, upstream ``ConsumeAndMarkConsumed`` with a callback): the function runs
+  inside the outbox consume transaction; its writes and ``consumed`` commit together; duplicates never run it.
+- ``custom``: the function gets the context and must mark the row itself (``ctx.repo``), for work that cannot sit in
+  one transaction (the Feishu POST).
+
+Registering a handler also registers ``event_type -> service`` in the route registry (conflicting owner: error).
+One handler per event type; registering a different function again raises (upstream silently overwrote).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from smartflow_streams.catalog import RouteRegistry, registry as default_registry
+from smartflow_streams.contracts.envelope import ACCEPTED_CONTRACT_VERSIONS, KafkaEnvelope
+from smartflow_streams.errors import RouteConflictError
+
+
+@dataclass
+class HandlerContext:
+    """What a handler gets besides its payload."""
+
+    service: str
+    envelope: KafkaEnvelope
+    repo: Any  # OutboxRepository bound to the service's table
+    sessions: Callable[[], AsyncSession]
+    runtime: Any  # the worker runtime (settings, notification service, preview builder, ...)
+
+
+TransactionalFn = Callable[[HandlerContext, AsyncSession, Any], Awaitable[Any]]
+CustomFn = Callable[[HandlerContext, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    event_type: str
+    service: str
+    fn: Callable[..., Awaitable[Any]]
+    transactional: bool
+    parse: Callable[[Any], Any] | None = None
+    versions: tuple[str, ...] = ACCEPTED_CONTRACT_VERSIONS
+
+    def decode(self, envelope: KafkaEnvelope) -> Any:
+        """The payload as the handler wants it: ``parse(payload JSON)`` or the decoded JSON value."""
+        return self.parse(envelope.payload) if self.parse else envelope.decoded()
+
+
+@dataclass
+class HandlerRegistry:
+    routes: RouteRegistry = field(default_factory=lambda: default_registry)
+    _specs: dict[str, HandlerSpec] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def register(self, spec: HandlerSpec) -> HandlerSpec:
+        self.routes.register_event(spec.event_type, spec.service)
+        with self._lock:
+            current = self._specs.get(spec.event_type)
+            if current is not None and current.fn is not spec.fn:
+                raise RouteConflictError(f"a handler for {spec.event_type} is already registered ({current.fn!r})")
+            self._specs[spec.event_type] = spec
+        return spec
+
+    def transactional(
+        self, event_type: str, *, service: str, model: Any = None, versions: tuple[str, ...] | None = None
+    ) -> Callable[[TransactionalFn], TransactionalFn]:
+        def decorator(fn: TransactionalFn) -> TransactionalFn:
+            self.register(HandlerSpec(event_type, service, fn, True, _parser(model),
+                                      versions or ACCEPTED_CONTRACT_VERSIONS))
+            return fn
+        return decorator
+
+    def custom(
+        self, event_type: str, *, service: str, model: Any = None, versions: tuple[str, ...] | None = None
+    ) -> Callable[[CustomFn], CustomFn]:
+        def decorator(fn: CustomFn) -> CustomFn:
+            self.register(HandlerSpec(event_type, service, fn, False, _parser(model),
+                                      versions or ACCEPTED_CONTRACT_VERSIONS))
+            return fn
+        return decorator
+
+    def get(self, event_type: str) -> HandlerSpec | None:
+        with self._lock:
+            return self._specs.get(event_type)
+
+    def for_service(self, service: str) -> list[HandlerSpec]:
+        with self._lock:
+            return [s for s in self._specs.values() if s.service == service]
+
+
+def _parser(model: Any) -> Callable[[Any], Any] | None:
+    if model is None:
+        return None
+    return model.parse if hasattr(model, "parse") else model
+
+
+handlers = HandlerRegistry()

@@ -1,0 +1,239 @@
+"""``notification_records`` state machine (upstream spec 9.2-9.5), database side only.
+
+States: ``pending -> sending -> sent | failed | dead | skipped``; ``failed -> sending`` on retry. ``sent``, ``dead``
+and ``skipped`` are terminal.
+
+Invariants:
+- One record per (channel ``feishu``, dedupe_key): the unique index ``uk_notification_dedupe`` is the final guard
+  against concurrent creators (the loser re-reads the winner's record).
+- A POST happens only after a conditional UPDATE moved the record into ``sending`` with a fresh ``send_token``
+  (the claim). Only one claimer can win it: pending/failed-and-due, or ``sending`` whose lease (``updated_at``,
+  10 min) has expired. The outcome write is guarded by that token, so a sender whose lease expired and was
+  re-claimed cannot overwrite the new sender's result.
+- Retry schedule after the n-th temporary failure: ``min(base * 2^(n-1), max)`` = +5, +10, +20, +30 min; the
+  ``max_attempts``-th (5th) temporary failure is ``dead``. ``last_error`` keeps 2000 characters.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from config import NotificationSettings
+from smartflow_streams import clock
+from smartflow_streams.db.models import notification_records as records, user_notification_channels as channels
+from smartflow_streams.notification.providers import ChannelConfig, Outcome, SendRequest, SendResult
+
+RECORD_CHANNEL = "feishu"  # records use "feishu" ...
+CONFIG_CHANNEL = "feishu_webhook"  # ... channel configs use "feishu_webhook" (trap 23)
+DEFAULT_FALLBACK = "我为你生成了一份日程调整建议，请回到系统确认是否应用。"
+TERMINAL = ("sent", "dead", "skipped")
+
+
+@dataclass
+class Record:
+    id: int
+    status: str
+    attempt_count: int
+    max_attempts: int
+    dedupe_key: str
+    next_retry_at: datetime | None
+    updated_at: datetime | None
+    row: dict[str, Any]
+
+
+def _record(m: Any) -> Record:
+    d = dict(m)
+    return Record(d["id"], d["status"], d["attempt_count"], d["max_attempts"], d["dedupe_key"],
+                  d["next_retry_at"], d["updated_at"], d)
+
+
+def normalise_texts(summary: str, fallback: str, max_chars: int) -> tuple[str, str, bool]:
+    """Upstream 9.3: a summary that is empty or carries a link (``://``, ``www.``) is dropped for the fallback."""
+    fallback = (fallback or "").strip() or DEFAULT_FALLBACK
+    summary = (summary or "").strip()
+    lowered = summary.lower()
+    if not summary or "://" in lowered or "www." in lowered:
+        return "", fallback, True
+    return summary[:max_chars], fallback, False
+
+
+def message_text(rec: dict[str, Any]) -> str:
+    """Upstream 9.4: summary, else fallback, else the default sentence; the target URL appended if missing."""
+    summary = (rec.get("summary_text") or "").strip()
+    text = summary if summary and not rec.get("fallback_used") else (rec.get("fallback_text") or "").strip()
+    text = text or DEFAULT_FALLBACK
+    target = rec.get("target_url") or ""
+    if target and target not in text:
+        text = f"{text}\n{target}"
+    return text
+
+
+def retry_delay(attempt_count: int, settings: NotificationSettings) -> timedelta:
+    n = max(attempt_count, 1)
+    return timedelta(seconds=min(settings.base_delay_seconds * 2 ** (n - 1), settings.max_delay_seconds))
+
+
+async def get(session: AsyncSession, record_id: int, *, lock: bool = False) -> Record | None:
+    stmt = sa.select(records).where(records.c.id == record_id)
+    if lock and session.bind.dialect.name != "sqlite":
+        stmt = stmt.with_for_update()
+    m = (await session.execute(stmt)).mappings().first()
+    return _record(m) if m else None
+
+
+async def find_by_dedupe(session: AsyncSession, dedupe_key: str, *, lock: bool = False) -> Record | None:
+    stmt = (sa.select(records).where(records.c.channel == RECORD_CHANNEL, records.c.dedupe_key == dedupe_key)
+            .order_by(records.c.created_at.desc(), records.c.id.desc()).limit(1))
+    if lock and session.bind.dialect.name != "sqlite":
+        stmt = stmt.with_for_update()
+    m = (await session.execute(stmt)).mappings().first()
+    return _record(m) if m else None
+
+
+async def find_or_create(session: AsyncSession, payload: Any, settings: NotificationSettings) -> tuple[Record, bool]:
+    """Find the record for the payload (by notification_id, then dedupe key) or create it ``pending``.
+
+    Returns ``(record, reused)``. A concurrent creator's unique-index win is handled with a savepoint.
+    """
+    if payload.notification_id and payload.notification_id > 0:
+        rec = await get(session, payload.notification_id, lock=True)
+        if rec and rec.row["channel"] == RECORD_CHANNEL and rec.dedupe_key == payload.dedupe_key:
+            return rec, True
+    rec = await find_by_dedupe(session, payload.dedupe_key, lock=True)
+    if rec:
+        return rec, True
+    summary, fallback, fallback_used = normalise_texts(
+        payload.summary_text, payload.fallback_text, settings.summary_max_chars)
+    now = clock.db_now()
+    values = dict(
+        channel=RECORD_CHANNEL, user_id=payload.user_id, trigger_id=payload.trigger_id or "",
+        preview_id=payload.preview_id, trigger_type=payload.trigger_type or "", target_type=payload.target_type or "",
+        target_id=payload.target_id or 0, dedupe_key=payload.dedupe_key, target_url=payload.target_url,
+        summary_text=summary or None, fallback_text=fallback, fallback_used=fallback_used, status="pending",
+        attempt_count=0, max_attempts=settings.max_attempts, trace_id=payload.trace_id or None,
+        created_at=now, updated_at=now,
+    )
+    try:
+        async with session.begin_nested():
+            result = await session.execute(sa.insert(records).values(**values))
+    except IntegrityError:
+        rec = await find_by_dedupe(session, payload.dedupe_key, lock=True)
+        if rec is None:
+            raise
+        return rec, True
+    rec = await get(session, int(result.inserted_primary_key[0]))
+    assert rec is not None
+    return rec, False
+
+
+async def claim(
+    session: AsyncSession, rec: Record, settings: NotificationSettings, *, honour_retry_time: bool = True
+) -> str | None:
+    """Conditionally move the record to ``sending``; returns the new send token, or None if another won.
+
+    Claimable: ``pending``; ``failed`` whose ``next_retry_at`` is due (or any ``failed`` when
+    ``honour_retry_time`` is False); ``sending`` whose lease expired. The attempt is counted here.
+    """
+    now = clock.db_now()
+    stale_before = now - timedelta(seconds=settings.sending_lease_seconds)
+    failed_due = records.c.status == "failed"
+    if honour_retry_time:
+        failed_due = sa.and_(failed_due, sa.or_(records.c.next_retry_at.is_(None), records.c.next_retry_at <= now))
+    claimable = sa.or_(
+        records.c.status == "pending",
+        failed_due,
+        sa.and_(records.c.status == "sending", records.c.updated_at <= stale_before),
+    )
+    token = uuid.uuid4().hex
+    result = await session.execute(
+        sa.update(records).where(records.c.id == rec.id, claimable).values(
+            status="sending", send_token=token, attempt_count=records.c.attempt_count + 1,
+            next_retry_at=None, last_error_code=None, last_error=None, updated_at=now,
+            max_attempts=sa.case((records.c.max_attempts <= 0, settings.max_attempts), else_=records.c.max_attempts),
+        )
+    )
+    return token if result.rowcount == 1 else None
+
+
+def lease_fresh(rec: Record, settings: NotificationSettings) -> bool:
+    if rec.status != "sending" or rec.updated_at is None:
+        return False
+    return rec.updated_at > clock.db_now() - timedelta(seconds=settings.sending_lease_seconds)
+
+
+def build_request(rec: Record) -> SendRequest:
+    r = rec.row
+    return SendRequest(
+        notification_id=rec.id, user_id=int(r["user_id"]), trigger_id=r["trigger_id"], preview_id=r["preview_id"],
+        trigger_type=r["trigger_type"], target_type=r["target_type"], target_id=int(r["target_id"]),
+        target_url=r["target_url"], message_text=message_text(r), fallback_used=bool(r["fallback_used"]),
+        trace_id=r.get("trace_id") or "", attempt_count=rec.attempt_count,
+    )
+
+
+async def apply_outcome(
+    session: AsyncSession, rec: Record, token: str, result: SendResult, settings: NotificationSettings
+) -> str | None:
+    """Write the provider outcome; returns the new status, or None when the token no longer holds the record."""
+    now = clock.db_now()
+    values: dict[str, Any] = dict(
+        provider_request_json=_json(result.request_json), provider_response_json=_json(result.response_json),
+        provider_message_id=result.provider_message_id or None, updated_at=now, send_token=None,
+        last_error_code=result.error_code or None, last_error=(result.error_message or "")[:2000] or None,
+    )
+    if result.outcome is Outcome.SUCCESS:
+        values.update(status="sent", sent_at=now, last_error_code=None, last_error=None, next_retry_at=None)
+    elif result.outcome is Outcome.SKIPPED:
+        values.update(status="skipped", next_retry_at=None)
+    elif result.outcome is Outcome.PERMANENT or rec.attempt_count >= max(rec.max_attempts, 1):
+        values.update(status="dead", next_retry_at=None)
+    else:
+        delay = retry_delay(rec.attempt_count, settings)
+        if result.retry_after_seconds:
+            delay = max(delay, timedelta(seconds=result.retry_after_seconds))
+        values.update(status="failed", next_retry_at=now + delay)
+    changed = await session.execute(
+        sa.update(records).where(records.c.id == rec.id, records.c.status == "sending",
+                                 records.c.send_token == token).values(**values))
+    return values["status"] if changed.rowcount == 1 else None
+
+
+async def list_due(session: AsyncSession, settings: NotificationSettings, limit: int) -> list[int]:
+    """Ids of failed records due for retry and ``sending`` records whose lease expired (upstream 9.5 query)."""
+    now = clock.db_now()
+    stale_before = now - timedelta(seconds=settings.sending_lease_seconds)
+    stmt = (
+        sa.select(records.c.id)
+        .where(sa.or_(
+            sa.and_(records.c.status == "failed", records.c.next_retry_at.is_not(None), records.c.next_retry_at <= now),
+            sa.and_(records.c.status == "sending", records.c.updated_at <= stale_before),
+        ))
+        .order_by(records.c.next_retry_at, records.c.id).limit(limit)
+    )
+    return [int(i) for i in (await session.execute(stmt)).scalars()]
+
+
+async def load_channel(session: AsyncSession, user_id: int) -> ChannelConfig | None:
+    m = (await session.execute(sa.select(channels).where(
+        channels.c.user_id == user_id, channels.c.channel == CONFIG_CHANNEL))).mappings().first()
+    if m is None:
+        return None
+    return ChannelConfig(
+        webhook_url=m["webhook_url"] or "", enabled=bool(m["enabled"]), auth_type=m["auth_type"] or "none",
+        bearer_token=m["bearer_token"] or "", kind=m["webhook_kind"] or "flow", sign_secret=m["sign_secret"] or "",
+        msg_type=m["msg_type"] or "text",
+    )
+
+
+def _json(value: Any) -> str | None:
+    if value in (None, {}, ""):
+        return None
+    return json.dumps(value, ensure_ascii=False, default=str)

@@ -1,0 +1,76 @@
+"""Worker runtime: the long-lived objects agents, timers and web views share (one per worker process).
+
+Everything bound to the event loop (DB pool, HTTP session) is created lazily on first use inside the worker's
+loop, so importing the app (``faust -A smartflow_streams``) touches no network.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from config import Settings
+from smartflow_streams.db.engine import create_engine, session_factory
+from smartflow_streams.notification.limiter import RateLimiter
+from smartflow_streams.notification.providers import WebhookProvider
+from smartflow_streams.notification.service import DedupeCache, NotificationService
+
+
+class WorkerRuntime:
+    def __init__(
+        self, settings: Settings, *, preview_builder: Any = None, task_reader: Any = None,
+        dedupe: DedupeCache | None = None, consumption: Any = None,
+    ) -> None:
+        from smartflow_streams.scheduler.jobs import JobOnlyTaskReader
+        from smartflow_streams.scheduler.preview import DeterministicPreviewBuilder
+
+        self.settings = settings
+        self.preview_builder = preview_builder or DeterministicPreviewBuilder()
+        self.task_reader = task_reader or JobOnlyTaskReader()
+        self.dedupe = dedupe
+        self.consumption = consumption
+        self._engine: AsyncEngine | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self._notifications: NotificationService | None = None
+        self._dispatcher: Any = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            self._engine = create_engine(self.settings)
+            self._sessions = session_factory(self._engine)
+        return self._engine
+
+    @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
+        self.engine  # noqa: B018 - creates the pair
+        assert self._sessions is not None
+        return self._sessions
+
+    @property
+    def notifications(self) -> NotificationService:
+        if self._notifications is None:
+            cfg = self.settings.notification
+            provider = WebhookProvider(
+                cfg, limiter=RateLimiter(cfg.rate_per_second, cfg.rate_per_minute, enabled=cfg.rate_limit_enabled),
+                zone=self.settings.zone,
+            )
+            self._notifications = NotificationService(self.settings, self.sessions, provider, self.dedupe)
+        return self._notifications
+
+    @property
+    def dispatcher(self) -> Any:
+        if self._dispatcher is None:
+            from agents.dispatch import Dispatcher
+
+            self._dispatcher = Dispatcher(self, consumption=self.consumption)
+        return self._dispatcher
+
+    async def close(self) -> None:
+        if self._notifications is not None:
+            await self._notifications.provider.close()
+            self._notifications = None
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
