@@ -113,7 +113,7 @@ class TopicReader:
 
     async def wait_count(self, n: int, timeout: float) -> None:
         async def enough() -> bool:
-            return len(set(self.outbox_ids())) >= n
+            return len({(r.topic, json.loads(r.value)["outbox_id"]) for r in self.records}) >= n
         await wait_for(enough, timeout, what=f"{n} distinct outbox ids on {self.topics}")
 
 
@@ -121,10 +121,12 @@ class FakeFeishu:
     """A real aiohttp server on 127.0.0.1 playing the Feishu Flow webhook. ``script`` maps the n-th POST (1-based)
     to (http status, JSON body, delay seconds); unscripted POSTs succeed with code 0."""
 
-    def __init__(self, script: dict[int, tuple[int, dict[str, Any], float]] | None = None) -> None:
+    def __init__(self, script: dict[int, tuple[int, dict[str, Any], float]] | None = None,
+                 per_user: dict[int, list[tuple[int, dict[str, Any], float]]] | None = None) -> None:
         from aiohttp import web
 
         self.script = script or {}
+        self.per_user = {k: list(v) for k, v in (per_user or {}).items()}
         self.posts: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._web = web
@@ -155,9 +157,62 @@ class FakeFeishu:
         self.posts.append(body)
         self.headers.append(dict(request.headers))
         status, reply, delay = self.script.get(len(self.posts), (200, {"code": 0, "msg": "success"}, 0.0))
+        queue = self.per_user.get(int(body.get("user_id", 0)))
+        if queue:
+            status, reply, delay = queue.pop(0)
         if delay:
             await asyncio.sleep(delay)
         return self._web.json_response(reply, status=status)
 
     def url(self, user_id: int) -> str:
         return f"http://127.0.0.1:{self.port}/flow/api/trigger-webhook/tok-user-{user_id}-secretpart"
+
+    def posts_by_user(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for body in self.posts:
+            counts[body["user_id"]] = counts.get(body["user_id"], 0) + 1
+        return counts
+
+
+def worker_env(db_url: str, bootstrap: str, tag: str, web_port: int, **extra: str) -> dict[str, str]:
+    """Env for a real worker (and relay) on Tansu with per-test topics, group and fast timers."""
+    from smartflow_streams.embedded import TANSU_FAUST_SETTINGS
+
+    env = base_env(
+        db_url, bootstrap,
+        SMARTFLOW_APP_ID=f"sf-{tag}",
+        SMARTFLOW_SERVICES__NOTIFICATION__TOPIC=f"t.{tag}.notification",
+        SMARTFLOW_SERVICES__ACTIVE_SCHEDULER__TOPIC=f"t.{tag}.active-scheduler",
+        SMARTFLOW_RELAY__SERVICES='["active-scheduler", "notification"]',
+        SMARTFLOW_WORKER__WEB_PORT=str(web_port),
+        SMARTFLOW_WORKER__DATADIR=f"/tmp/sf-faust-{tag}-{web_port}",
+        SMARTFLOW_NOTIFICATION__ALLOW_PLAIN_HTTP="true",
+        SMARTFLOW_NOTIFICATION__ALLOWED_HOSTS='["127.0.0.1"]',
+        SMARTFLOW_NOTIFICATION__RETRY_SCAN_EVERY_SECONDS="0.5",
+        SMARTFLOW_NOTIFICATION__BASE_DELAY_SECONDS="0.5",
+        SMARTFLOW_NOTIFICATION__MAX_DELAY_SECONDS="2",
+        SMARTFLOW_NOTIFICATION__SENDING_LEASE_SECONDS="5",
+        SMARTFLOW_NOTIFICATION__HTTP_TIMEOUT_SECONDS="2",
+        SMARTFLOW_NOTIFICATION__RATE_LIMIT_ENABLED="false",
+        SMARTFLOW_RELAY__REPUBLISH_AFTER_SECONDS="20",
+        SMARTFLOW_RELAY__LEASE_SECONDS="5",
+        SMARTFLOW_RELAY__TABLE_LEASE_SECONDS="3",
+    )
+    for key, value in TANSU_FAUST_SETTINGS.items():
+        env[f"SMARTFLOW_FAUST__{key.upper()}"] = str(value)
+    env.update(extra)
+    return env
+
+
+def spawn_worker(env: dict[str, str], log_path: pathlib.Path) -> subprocess.Popen[bytes]:
+    port = env["SMARTFLOW_WORKER__WEB_PORT"]
+    return spawn(["-m", "faust", "-A", "smartflow_streams", "worker", "-l", "info", "--web-port", port,
+                  "--web-host", "127.0.0.1"], env, log_path)
+
+
+async def wait_worker_ready(log_path: pathlib.Path, timeout: float = 60.0) -> None:
+    """A worker is ready when Faust logs 'Worker ready' and it got a partition assignment."""
+    async def ready() -> bool:
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        return "Worker ready" in text
+    await wait_for(ready, timeout, interval=0.2, what=f"worker ready ({log_path.name})")

@@ -26,6 +26,15 @@ LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 JSONText = sa.Text().with_variant(mysql.JSON(), "mysql", "mariadb")
 
 
+def json_param(value: object) -> sa.ColumnElement:
+    """Bind JSON to a ``JSONText`` column as text: MySQL's ``JSON`` type would otherwise encode a string again."""
+    import json
+
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+                                                            default=str)
+    return sa.type_coerce(text, sa.Text())
+
+
 class OutboxStatus(str, enum.Enum):
     PENDING = "pending"
     PUBLISHED = "published"

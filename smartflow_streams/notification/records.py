@@ -16,7 +16,6 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import NotificationSettings
 from smartflow_streams import clock
-from smartflow_streams.db.models import notification_records as records, user_notification_channels as channels
+from smartflow_streams.db.models import json_param, notification_records as records, user_notification_channels as channels
 from smartflow_streams.notification.providers import ChannelConfig, Outcome, SendRequest, SendResult
 
 RECORD_CHANNEL = "feishu"  # records use "feishu" ...
@@ -233,7 +232,7 @@ async def load_channel(session: AsyncSession, user_id: int) -> ChannelConfig | N
     )
 
 
-def _json(value: Any) -> str | None:
+def _json(value: Any) -> Any:
     if value in (None, {}, ""):
         return None
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return json_param(value)

@@ -22,7 +22,7 @@ TRIGGER = "active_schedule.triggered"
 
 @pytest.fixture
 async def worker(db):
-    from smartflow_streams.app import build_app
+    from smartflow_streams.faust_app import build_app
 
     settings = config.load_settings(
         database_url=db.url, kafka_bootstrap="127.0.0.1:1",
@@ -90,7 +90,7 @@ async def test_notification_sent_once_and_duplicates_are_noops(db, worker) -> No
     async with db.engine.connect() as conn:
         rec = (await conn.execute(sa.select(notification_records))).mappings().one()
     assert (rec["status"], rec["attempt_count"], rec["channel"]) == ("sent", 1, "feishu")
-    assert "tok-user-7-secretpart" not in (rec["provider_request_json"] or "")
+    assert rec["provider_request_json"] and "tok-user-7-secretpart" not in str(rec["provider_request_json"])
 
 
 async def test_poison_messages_end_dead_with_reason(db, worker) -> None:

@@ -1,0 +1,265 @@
+"""The ``active_schedule.triggered`` workflow (spec 8.4 steps 1-8) inside the caller's consume transaction.
+
+:func:`run_trigger_workflow` never commits: its writes (trigger status, preview, notification outbox row) commit
+together with the outbox row's ``consumed`` mark, or not at all. Steps:
+
+1. Lock the trigger row (``SELECT ... FOR UPDATE`` on MySQL/MariaDB; SQLite's ``BEGIN IMMEDIATE`` already
+   serialises writers). A missing (or soft-deleted) trigger raises :class:`ContractError`: triggers are created
+   atomically with their event (:mod:`.triggers`), so an event without a row is poison, not a race.
+2. ``preview_generated``/``closed``/``skipped``/``rejected`` -> idempotent success, nothing written.
+   ``pending``/``processing``/``failed``/unknown continue.
+3. user_id, trigger_type, target_type or target_id differing between row and payload -> ``rejected``
+   (``payload_mismatch``, ``completed_at``).
+4. ``processing``, ``processed_at = now``, errors cleared.
+5. A preview already exists for the trigger -> ``preview_generated`` with it (no notification).
+6. ``builder.build`` -> ``None`` (or neither notify nor write_preview) -> ``closed``.
+7. Insert the preview (``ready``, ``expires_at = now + scheduler.preview_ttl_seconds``, default 3600 s) ->
+   trigger ``preview_generated``, ``preview_id``, ``completed_at``.
+8. If the decision says notify: enqueue ``notification.feishu.requested`` (version ``"1"``, event id = aggregate
+   id = preview id, key = user id) into the **notification** outbox table in the same transaction.
+
+Step 9 (rollback, then mark ``failed``) is the caller's: on an exception it rolls back and calls
+:func:`mark_trigger_failed` in a separate transaction.
+
+Out of scope: upstream (@a3eaa9b) also pre-created the assistant conversation/session rows (``agent_chats`` and
+friends) and seeded an assistant message before notifying. This project has no such tables; the notification's
+``target_url`` still uses the deterministic conversation id (``/assistant/<uuid5 of the trigger id>``), so a
+conversation service can create the conversation lazily under the same id.
+
+Times: DB columns are naive in ``settings.zone``; "now" is :func:`clock.db_now` (millisecond precision). The
+notification ``dedupe_key`` uses the trigger's ``requested_at`` taken in ``settings.zone`` (30-minute window,
+e.g. ``42:important_urgent_task:2026-04-30T10:00:00+08:00``); the builder's ``now`` is ``mock_now`` for a
+mock-time trigger, else the real now.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from config import Settings
+from smartflow_streams import clock
+from smartflow_streams.contracts.dedupe import conversation_id_for_trigger, new_preview_id, notification_dedupe_key
+from smartflow_streams.contracts.envelope import go_trim_space
+from smartflow_streams.contracts.events import (
+    ASSISTANT_URL_PREFIX,
+    NOTIFICATION_FEISHU_REQUESTED,
+    NOTIFICATION_FEISHU_REQUESTED_VERSION,
+    ActiveScheduleTriggeredPayload,
+    FeishuNotificationRequestedPayload,
+)
+from smartflow_streams.db.models import active_schedule_previews as previews_t
+from smartflow_streams.db.models import active_schedule_triggers as triggers_t
+from smartflow_streams.errors import ContractError
+from smartflow_streams.outbox.repository import OutboxRepository
+from smartflow_streams.scheduler.preview import PreviewBuilder, PreviewDecision
+from smartflow_streams.scheduler.triggers import TERMINAL_TRIGGER_STATUSES, TriggerStatus, json_param, json_value
+from smartflow_streams.timefmt import to_zone
+
+log = logging.getLogger(__name__)
+
+ERROR_MAX_CHARS = 2000
+"""``last_error`` keeps at most this many characters (never splits a character)."""
+
+FALLBACK_SENTENCE = "你有一条新的日程调整建议，请查看："
+"""Fallback text prefix when the decision has no notification summary (followed by the target URL)."""
+
+
+class PreviewStatus(StrEnum):
+    PENDING = "pending"
+    READY = "ready"
+    APPLIED = "applied"
+    IGNORED = "ignored"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+@dataclass
+class WorkflowResult:
+    trigger_id: str
+    status: str
+    preview_id: str | None
+    notified: bool
+    idempotent: bool
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+
+
+def _dialect(session: AsyncSession) -> str:
+    bind = session.bind
+    return bind.dialect.name if bind is not None else ""
+
+
+async def _lock_trigger(session: AsyncSession, trigger_id: str) -> Any | None:
+    t = triggers_t
+    select = sa.select(t).where(t.c.id == trigger_id, t.c.deleted_at.is_(None))
+    if _dialect(session) != "sqlite":
+        select = select.with_for_update()
+    return (await session.execute(select)).mappings().first()
+
+
+async def _update_trigger(session: AsyncSession, trigger_id: str, **values: Any) -> None:
+    await session.execute(
+        sa.update(triggers_t).where(triggers_t.c.id == trigger_id).values(updated_at=clock.db_now(), **values))
+
+
+def _mismatch(row: Any, payload: ActiveScheduleTriggeredPayload) -> str:
+    """Names of the fields that differ between the row and the event, ``""`` when they agree."""
+    pairs = {
+        "user_id": (int(row["user_id"]), payload.user_id),
+        "trigger_type": (row["trigger_type"], go_trim_space(payload.trigger_type)),
+        "target_type": (row["target_type"], go_trim_space(payload.target_type)),
+        "target_id": (int(row["target_id"]), payload.target_id),
+    }
+    return "; ".join(f"{name}: row={have!r} event={got!r}" for name, (have, got) in pairs.items() if have != got)
+
+
+def trigger_dict(row: Any) -> dict[str, Any]:
+    """The trigger row for a builder: every column, plus ``payload`` = decoded ``payload_json`` (``{}`` if absent)."""
+    data = dict(row)
+    data["payload"] = json_value(data.get("payload_json")) or {}
+    return data
+
+
+def _business_now(row: Any, now: datetime, settings: Settings) -> datetime:
+    if row["is_mock_time"] and row["mock_now"] is not None:
+        return to_zone(row["mock_now"], settings.zone)
+    return now
+
+
+def fallback_text(summary: str, target_url: str) -> str:
+    """Upstream ``buildNotificationFallbackText`` with the ``/assistant/`` URL."""
+    summary = summary.strip()
+    return f"{FALLBACK_SENTENCE}{target_url}" if not summary else f"{summary}，请查看：{target_url}"
+
+
+def build_notification_payload(row: Any, preview_id: str, summary: str, now: datetime,
+                               settings: Settings) -> FeishuNotificationRequestedPayload:
+    """Upstream ``BuildFeishuRequestedPayload`` (@a3eaa9b URL form). ``now`` is aware."""
+    requested_at = to_zone(row["requested_at"], settings.zone)
+    target_url = ASSISTANT_URL_PREFIX + conversation_id_for_trigger(row["id"])
+    summary = summary.strip()
+    return FeishuNotificationRequestedPayload(
+        user_id=int(row["user_id"]), trigger_id=row["id"], preview_id=preview_id,
+        trigger_type=row["trigger_type"], target_type=row["target_type"], target_id=int(row["target_id"]),
+        dedupe_key=notification_dedupe_key(int(row["user_id"]), row["trigger_type"], requested_at,
+                                           zone=settings.zone),
+        target_url=target_url, summary_text=summary, fallback_text=fallback_text(summary, target_url),
+        trace_id=row["trace_id"] or "", requested_at=now,
+    )
+
+
+async def _existing_preview_id(session: AsyncSession, trigger_id: str) -> str | None:
+    p = previews_t
+    select = (sa.select(p.c.id).where(p.c.trigger_id == trigger_id, p.c.deleted_at.is_(None))
+              .order_by(p.c.created_at, p.c.id).limit(1))
+    return (await session.execute(select)).scalar_one_or_none()
+
+
+async def _insert_preview(session: AsyncSession, row: Any, decision: PreviewDecision, settings: Settings) -> str:
+    preview_id = new_preview_id()
+    now = clock.db_now()
+    await session.execute(sa.insert(previews_t).values(
+        id=preview_id, trigger_id=row["id"], user_id=row["user_id"], trigger_type=row["trigger_type"],
+        target_type=row["target_type"], target_id=row["target_id"], status=PreviewStatus.READY.value,
+        apply_status="none", summary_text=decision.summary_text, notification_summary=decision.notification_summary,
+        preview_json=json_param(decision.preview or {}), generated_at=now,
+        expires_at=now + timedelta(seconds=settings.scheduler.preview_ttl_seconds), trace_id=row["trace_id"],
+        created_at=now, updated_at=now,
+    ))
+    return preview_id
+
+
+async def _enqueue_notification(session: AsyncSession, row: Any, preview_id: str, decision: PreviewDecision,
+                                settings: Settings) -> None:
+    now = to_zone(clock.db_now(), settings.zone)
+    payload = build_notification_payload(row, preview_id, decision.notification_summary, now, settings)
+    await OutboxRepository.for_event(NOTIFICATION_FEISHU_REQUESTED).enqueue(
+        session, NOTIFICATION_FEISHU_REQUESTED, payload, message_key=str(payload.user_id),
+        event_version=NOTIFICATION_FEISHU_REQUESTED_VERSION, event_id=preview_id, aggregate_id=preview_id,
+    )
+
+
+# -- the workflow ------------------------------------------------------------------------------------------------
+
+
+async def run_trigger_workflow(
+    session: AsyncSession, payload: ActiveScheduleTriggeredPayload, *, builder: PreviewBuilder, settings: Settings,
+) -> WorkflowResult:
+    """Steps 1-8 of spec 8.4 in ``session``'s open transaction (module docstring). Raises ContractError for a
+    missing trigger; any other exception means the caller must roll back."""
+    trigger_id = payload.aggregate_id()
+    row = await _lock_trigger(session, trigger_id)
+    if row is None:
+        raise ContractError(f"trigger not found: {trigger_id}")
+    if row["status"] in TERMINAL_TRIGGER_STATUSES:
+        return WorkflowResult(trigger_id, row["status"], row["preview_id"], False, True)
+    mismatch = _mismatch(row, payload)
+    if mismatch:
+        await _update_trigger(session, trigger_id, status=TriggerStatus.REJECTED.value,
+                              last_error_code="payload_mismatch", last_error=mismatch[:ERROR_MAX_CHARS],
+                              completed_at=clock.db_now())
+        return WorkflowResult(trigger_id, TriggerStatus.REJECTED.value, None, False, False)
+    await _update_trigger(session, trigger_id, status=TriggerStatus.PROCESSING.value, processed_at=clock.db_now(),
+                          last_error_code=None, last_error=None)
+    existing = await _existing_preview_id(session, trigger_id)
+    if existing is not None:
+        return await _finish_with_preview(session, trigger_id, existing, notified=False)
+    now = to_zone(clock.db_now(), settings.zone)
+    decision = await builder.build(trigger_dict(row), _business_now(row, now, settings))
+    if decision is None or not (decision.notify or decision.write_preview):
+        await _update_trigger(session, trigger_id, status=TriggerStatus.CLOSED.value, completed_at=clock.db_now())
+        return WorkflowResult(trigger_id, TriggerStatus.CLOSED.value, None, False, False)
+    preview_id = await _insert_preview(session, row, decision, settings)
+    if decision.notify:
+        await _enqueue_notification(session, row, preview_id, decision, settings)
+    return await _finish_with_preview(session, trigger_id, preview_id, notified=decision.notify)
+
+
+async def _finish_with_preview(session: AsyncSession, trigger_id: str, preview_id: str, *,
+                               notified: bool) -> WorkflowResult:
+    await _update_trigger(session, trigger_id, status=TriggerStatus.PREVIEW_GENERATED.value, preview_id=preview_id,
+                          completed_at=clock.db_now())
+    return WorkflowResult(trigger_id, TriggerStatus.PREVIEW_GENERATED.value, preview_id, notified, False)
+
+
+async def mark_trigger_failed(sessions: Callable[[], AsyncSession], trigger_id: str, code: str, error: str) -> None:
+    """Best effort, own transaction: set ``failed`` with ``code`` and ``error`` (first 2000 characters).
+
+    Terminal triggers (``preview_generated``/``closed``/``skipped``/``rejected``) are left alone; a missing trigger
+    is a no-op. Errors are logged, never raised (the caller is already handling a failure).
+    """
+    trigger_id = go_trim_space(trigger_id or "")
+    if not trigger_id:
+        return
+    t = triggers_t
+    now = clock.db_now()
+    try:
+        async with sessions() as session, session.begin():
+            await session.execute(
+                sa.update(t).where(t.c.id == trigger_id, t.c.status.not_in(TERMINAL_TRIGGER_STATUSES)).values(
+                    status=TriggerStatus.FAILED.value, last_error_code=(code or "worker_failed")[:64],
+                    last_error=(error or "")[:ERROR_MAX_CHARS], completed_at=now, updated_at=now))
+    except Exception:  # noqa: BLE001 - best effort by contract
+        log.warning("could not mark trigger %s failed (%s)", trigger_id, code, exc_info=True)
+
+
+__all__ = [
+    "ERROR_MAX_CHARS",
+    "FALLBACK_SENTENCE",
+    "PreviewStatus",
+    "WorkflowResult",
+    "build_notification_payload",
+    "fallback_text",
+    "mark_trigger_failed",
+    "run_trigger_workflow",
+    "trigger_dict",
+]
