@@ -164,17 +164,17 @@ class TableRelay:
                 poison[row.id] = f"failed to parse outbox event shell: {exc}"
                 continue
             service, topic = self._destination(row)
-            envelope = KafkaEnvelope.from_shell(row.id, shell, service)
+            value = KafkaEnvelope.relay_bytes(row.id, shell, service)
             headers = [
-                ("event_id", envelope.event_id.encode()),
-                ("event_type", envelope.event_type.encode()),
-                ("event_version", envelope.event_version.encode()),
+                ("event_id", (shell.event_id.strip() or str(row.id)).encode()),
+                ("event_type", shell.event_type.encode()),
+                ("event_version", shell.event_version.encode()),
                 ("service_name", service.encode()),
             ]
             trace_id = _trace_id(shell.payload)
             if trace_id:
                 headers.append(("trace_id", trace_id.encode()))
-            messages.append(OutgoingMessage(row.id, topic, row.message_key.encode(), envelope.to_json_bytes(), headers))
+            messages.append(OutgoingMessage(row.id, topic, row.message_key.encode(), value, headers))
         return messages, poison
 
     def _destination(self, row: OutboxRow) -> tuple[str, str]:

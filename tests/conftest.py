@@ -35,11 +35,17 @@ def mariadb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield existing
         return
     datadir = tmp_path_factory.mktemp("mariadb")
-    port = free_port()
     script = ROOT / "scripts" / "mariadb.sh"
-    url = subprocess.run(
-        ["bash", str(script), "start", str(datadir), str(port)], check=True, capture_output=True, text=True
-    ).stdout.strip().splitlines()[-1]
+    for attempt in range(3):  # a free port can be taken by someone else before the server binds it
+        port = free_port()
+        result = subprocess.run(["bash", str(script), "start", str(datadir), str(port)], capture_output=True,
+                                text=True, timeout=120)
+        if result.returncode == 0:
+            break
+        subprocess.run(["bash", str(script), "stop", str(datadir), str(port)], check=False)
+    else:
+        raise RuntimeError(f"MariaDB did not start: {result.stderr[-2000:]}")
+    url = result.stdout.strip().splitlines()[-1]
     yield url
     subprocess.run(["bash", str(script), "stop", str(datadir), str(port)], check=False)
 

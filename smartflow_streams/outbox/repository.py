@@ -89,6 +89,18 @@ class OutboxRow:
     def from_mapping(cls, m: Any) -> OutboxRow:
         return cls(**{f: m[f] for f in cls.__dataclass_fields__})
 
+    @classmethod
+    def from_claim(cls, values: Sequence[Any]) -> OutboxRow:
+        """From a tuple in :data:`CLAIM_COLUMNS` order (the other fields stay None)."""
+        (id_, biz_type, service_name, topic, message_key, payload, retry_count, created_at) = values
+        return cls(id_, biz_type, service_name, topic, message_key, payload, "pending", retry_count, 0, None, None,
+                   None, None, created_at, None, None)
+
+
+# What a relay needs of a claimed row. Fetching only these halves the claim's cost on MySQL, where the pure-Python
+# driver decodes every column of every row (about 4 us per column, 10 us per DATETIME).
+CLAIM_COLUMNS = ("id", "biz_type", "service_name", "topic", "message_key", "payload", "retry_count", "created_at")
+
 
 @dataclass
 class Claim:
@@ -191,21 +203,22 @@ class OutboxRepository:
         lease_until = now + timedelta(seconds=lease_seconds)
         due = sa.and_(t.c.status == OutboxStatus.PENDING.value, t.c.next_retry_at.is_not(None), t.c.next_retry_at <= now)
         values = {"claim_token": token, "next_retry_at": lease_until, "updated_at": now}
+        cols = [t.c[name] for name in CLAIM_COLUMNS]
         async with engine.begin() as conn:
             if conn.dialect.name == "sqlite":
                 ids = sa.select(t.c.id).where(due).order_by(t.c.next_retry_at, t.c.id).limit(limit).scalar_subquery()
-                result = await conn.execute(sa.update(t).where(t.c.id.in_(ids)).values(**values).returning(*t.c))
-                rows = [OutboxRow.from_mapping(m) for m in result.mappings()]
+                result = await conn.execute(sa.update(t).where(t.c.id.in_(ids)).values(**values).returning(*cols))
+                rows = [OutboxRow.from_claim(r) for r in result.all()]
             else:
                 select = (
-                    sa.select(t).where(due).order_by(t.c.next_retry_at, t.c.id).limit(limit)
+                    sa.select(*cols).where(due).order_by(t.c.next_retry_at, t.c.id).limit(limit)
                     .with_for_update(skip_locked=True)
                 )
-                rows = [OutboxRow.from_mapping(m) for m in (await conn.execute(select)).mappings()]
+                rows = [OutboxRow.from_claim(r) for r in (await conn.execute(select)).all()]
                 if rows:
-                    await conn.execute(sa.update(t).where(t.c.id.in_([r.id for r in rows])).values(**values))
-                    for row in rows:
-                        row.claim_token, row.next_retry_at, row.updated_at = token, lease_until, now
+                    await conn.execute(sa.update(t).where(_id_in(t, [r.id for r in rows])).values(**values))
+        for row in rows:
+            row.claim_token, row.next_retry_at, row.updated_at = token, lease_until, now
         rows.sort(key=lambda r: r.id)
         return Claim(token=token, rows=rows, lease_until=lease_until)
 
@@ -219,7 +232,7 @@ class OutboxRepository:
             return 0
         t = self.table
         now = clock.db_now()
-        cond = [t.c.id.in_(list(ids)), t.c.status.not_in(TERMINAL_OUTBOX)]
+        cond = [_id_in(t, ids), t.c.status.not_in(TERMINAL_OUTBOX)]
         if claim_token is not None:
             cond.append(t.c.claim_token == claim_token)
         result = await db.execute(
@@ -366,6 +379,12 @@ class OutboxRepository:
     async def get(self, db: Executor, outbox_id: int) -> OutboxRow | None:
         row = (await db.execute(sa.select(self.table).where(self.table.c.id == outbox_id))).mappings().first()
         return OutboxRow.from_mapping(row) if row else None
+
+
+def _id_in(table: sa.Table, ids: Sequence[int]) -> sa.ColumnElement[bool]:
+    """``id IN (1,2,...)`` with the integers inlined: 500 bound parameters cost ~12 ms per statement through
+    SQLAlchemy + PyMySQL, the inlined list ~1 ms. Safe: every id passes through ``int()``."""
+    return sa.text(f"{table.name}.id IN ({','.join(str(int(i)) for i in ids)})")
 
 
 def _dialect(db: Executor) -> str:

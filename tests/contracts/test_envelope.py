@@ -292,3 +292,12 @@ def test_accepted_versions_constant() -> None:
 def test_model_validate_also_raises_contract_error() -> None:
     with pytest.raises(ContractError, match="outbox_id"):
         KafkaEnvelope.model_validate({"outbox_id": 0, "payload": "{}"})
+
+
+def test_relay_bytes_equal_from_shell_bytes() -> None:
+    from smartflow_streams.contracts.envelope import KafkaEnvelope, OutboxEventShell
+
+    for text in ('{"event_type":"a.b","payload":{"x":"<&>","n":1.50}}',
+                 '{"event_id":" e1 ","event_type":"a.b","event_version":"1","aggregate_id":"k","payload":[1, 2]}'):
+        shell = OutboxEventShell.parse(text)
+        assert KafkaEnvelope.relay_bytes(7, shell, " svc ") == KafkaEnvelope.from_shell(7, shell, " svc ").to_json_bytes()
