@@ -2,8 +2,9 @@
 receiver, demo channels and triggers).
 
 What it starts, all on 127.0.0.1:
-- Tansu (Kafka protocol, memory storage) on the port of ``SMARTFLOW_KAFKA_BOOTSTRAP`` when that is the default
-  ``127.0.0.1:19092`` and nothing listens there; any other bootstrap is used as given (real Kafka).
+- Tansu (Kafka protocol, memory storage) on the port of ``SMARTFLOW_KAFKA_BOOTSTRAP`` (default
+  ``127.0.0.1:19092``) when that is one local address and nothing listens there; otherwise the bootstrap is used as
+  given (real Kafka).
 - the schema upgrade on ``SMARTFLOW_DATABASE_URL`` (default SQLite file ``./var/smartflow.db``);
 - the relay (``python -m outbox_relay``) and one Faust worker (``faust -A smartflow_streams worker``) as child
   processes, logs in ``./var/logs/``;
@@ -94,18 +95,22 @@ class Stack:
         bootstrap = self.settings.kafka_bootstrap
         env = {k: v for k, v in os.environ.items()}
         env["SMARTFLOW_ADMIN_TOKEN"] = self.admin_token
-        if bootstrap == DEFAULT_BOOTSTRAP:
-            port = int(bootstrap.rsplit(":", 1)[1])
+        host, _, port_text = bootstrap.rpartition(":")
+        local = "," not in bootstrap and host in ("127.0.0.1", "localhost")
+        listening = True
+        if local:
             try:
-                wait_port(port, timeout=0.2)
-                print(f"- broker: using what already listens on {bootstrap}")
+                wait_port(int(port_text), timeout=0.2)
             except TimeoutError:
-                self.broker = start_tansu(port, open(logs / "tansu.log", "ab"))
-                print(f"- broker: embedded Tansu on {bootstrap} (memory storage)")
+                listening = False
+        if not listening:
+            self.broker = start_tansu(int(port_text), open(logs / "tansu.log", "ab"))
+            print(f"- broker: embedded Tansu on {bootstrap} (memory storage)")
+        else:
+            print(f"- broker: {bootstrap} (already running)")
+        if self.broker is not None or bootstrap == DEFAULT_BOOTSTRAP:
             for key, value in TANSU_FAUST_SETTINGS.items():
                 env.setdefault(f"SMARTFLOW_FAUST__{key.upper()}", str(value))
-        else:
-            print(f"- broker: {bootstrap}")
         engine = create_engine(self.settings)
         changes = await upgrade_schema(engine)
         print(f"- database: {self._db_label()} (schema: {len(changes)} changes)")

@@ -117,6 +117,14 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftover_processes() -> Iterator[None]:
+    yield
+    from support import kill_leftovers
+
+    kill_leftovers()
+
+
 @pytest.fixture(autouse=True)
 def _reset_settings() -> Iterator[None]:
     yield

@@ -31,10 +31,22 @@ def base_env(db_url: str, bootstrap: str, **extra: str) -> dict[str, str]:
     return env
 
 
+SPAWNED: list[subprocess.Popen[bytes]] = []
+
+
 def spawn(args: list[str], env: dict[str, str], log_path: pathlib.Path) -> subprocess.Popen[bytes]:
     log = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, *args], env=env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([sys.executable, *args], env=env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
+    SPAWNED.append(proc)
+    return proc
+
+
+def kill_leftovers() -> None:
+    """Session teardown: no process a test spawned may outlive the test session, whatever the test did."""
+    for proc in SPAWNED:
+        if proc.poll() is None:
+            kill9(proc)
 
 
 def spawn_relay(env: dict[str, str], log_path: pathlib.Path) -> subprocess.Popen[bytes]:

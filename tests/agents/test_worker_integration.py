@@ -130,8 +130,8 @@ async def test_triggers_flow_to_one_post_each_with_retries_duplicates_and_replay
             log = (tmp_path / "worker.log").read_text(errors="replace")
             assert "tok-user-" not in log and "bearer-secret" not in log
         finally:
-            assert terminate(worker) == 0
-            assert terminate(relay) == 0
+            codes = (terminate(worker), terminate(relay))
+        assert codes == (0, 0)
 
 
 async def _all_consumed(db, table, n: int) -> bool:
@@ -173,5 +173,5 @@ async def test_worker_killed_mid_stream_loses_nothing(db, kafka_bootstrap, tmp_p
             assert duplicates <= 1, counts  # at most the one POST in flight when the worker died
         finally:
             kill9(worker_a)
-            assert terminate(worker_b) == 0
-            assert terminate(relay) == 0
+            codes = (terminate(worker_b), terminate(relay))
+        assert codes == (0, 0)

@@ -191,6 +191,7 @@ async def test_broker_stop_and_restart_under_load(db, tmp_path) -> None:
             await reader.wait_count(400, 30)  # everything published after the restart is on the new broker
         assert proc.poll() is None  # the relay never died
     finally:
-        assert terminate(proc) == 0
+        code = terminate(proc)
         stop_process(broker)
         broker_log.close()
+    assert code == 0
