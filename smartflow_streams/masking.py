@@ -101,7 +101,7 @@ class MaskingFilter(logging.Filter):
         if record.exc_text:
             record.exc_text = scrub_text(record.exc_text)
         if cleaned != message or record.args:
-            record.msg, record.args = cleaned, None
+            record.msg, record.args = cleaned, ()  # not None: mode's formatter would wrap it as (None,)
         return True
 
 
