@@ -70,6 +70,13 @@ class WorkerSettings(BaseModel):
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
     datadir: str = "./var/faust"
+    batch_max: int = Field(
+        200, ge=1, description="events an agent takes from its stream at once (acked after the whole batch)")
+    batch_within_seconds: float = Field(
+        0.01, gt=0, description="longest wait for a batch to fill; the latency an idle agent adds to one event")
+    max_in_flight: int = Field(
+        16, ge=1, description="message keys of one batch processed concurrently per agent (per key: in order); "
+        "SQLite always uses 1 (one writer)")
 
 
 class NotificationSettings(BaseModel):

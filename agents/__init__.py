@@ -1,5 +1,8 @@
 """Faust agents: one per consumed service topic, ``concurrency=1`` (faust-streaming #606: at-least-once breaks
-with more), parallelism from partitions and workers. Each is a thin loop over :class:`agents.dispatch.Dispatcher`.
+with more), parallelism from partitions, workers and, inside one agent, from batches: the agent takes up to
+``worker.batch_max`` events (waiting at most ``worker.batch_within_seconds``), hands them to
+:meth:`agents.dispatch.Dispatcher.handle_batch` (different message keys concurrently, one key in order), and Faust
+acks the batch only when that returns.
 
 Importing this package registers the handlers of the two contract events (``agents.active_scheduler``,
 ``agents.notification``); other services register theirs through :mod:`smartflow_streams.handlers`.
@@ -13,7 +16,6 @@ from typing import Any
 import faust
 
 from agents import active_scheduler, notification  # noqa: F401 - registers handlers
-from agents.dispatch import Position
 from smartflow_streams.catalog import registry
 
 log = logging.getLogger("agents")
@@ -31,12 +33,12 @@ def define_agents(app: faust.App, runtime: Any, services: list[str]) -> dict[str
 
 
 def _agent_fn(runtime: Any, service: str) -> Any:
+    worker = runtime.settings.worker
+
     async def process(stream: faust.StreamT) -> Any:
-        async for event in stream.events():
-            message = event.message
-            outcome = await runtime.dispatcher.handle(
-                service, event.value, Position(message.topic, message.partition, message.offset, message.key))
-            yield outcome
+        async for events in stream.take_events(worker.batch_max, within=worker.batch_within_seconds):
+            for outcome in await runtime.dispatcher.handle_batch(service, list(events)):
+                yield outcome
 
     process.__name__ = process.__qualname__ = f"outbox_{service.replace('-', '_')}"
     return process

@@ -15,17 +15,25 @@ Invariants:
   failure".
 - Duplicates (same outbox id again) are no-ops: the consumption-state table answers first, the row status
   (``consumed``/``dead`` under a row lock) decides.
+- Batches (:meth:`Dispatcher.handle_batch`): events of one (partition, message key) run in offset order; different
+  keys run concurrently, at most ``worker.max_in_flight`` at once (1 on SQLite, which has one writer). Upstream
+  keys every event by its aggregate (user id for both contract events), so per-key order is the order that matters;
+  the relative order of two keys was never defined (they may sit in different partitions). The agent acks the
+  batch only after every event of it returned (``stream.take_events``), so a crash redelivers the whole batch and
+  the duplicates are no-ops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+from faust.streams import _current_event
 
 from smartflow_streams import clock, metrics
 from smartflow_streams.catalog import RouteRegistry, registry as default_registry
@@ -72,6 +80,37 @@ class Dispatcher:
             self._repos[service] = OutboxRepository(self.registry.service_route(service), registry=self.registry,
                                                     settings=self.runtime.settings)
         return self._repos[service]
+
+    def max_in_flight(self) -> int:
+        if self.runtime.engine.dialect.name == "sqlite":
+            return 1
+        return self.runtime.settings.worker.max_in_flight
+
+    async def handle_batch(self, service: str, events: list[Any]) -> list[str]:
+        """Process Faust events of ``service``'s topic (see the module note on order); outcomes in input order.
+
+        Each event is handled with Faust's current-event context set to it, so table writes go to its partition.
+        """
+        groups: dict[tuple[int, bytes | None], list[int]] = {}
+        for index, event in enumerate(events):
+            groups.setdefault((event.message.partition, event.message.key), []).append(index)
+        outcomes = [""] * len(events)
+        limit = asyncio.Semaphore(self.max_in_flight())
+
+        async def run(indexes: list[int]) -> None:
+            async with limit:
+                for index in indexes:
+                    event = events[index]
+                    message = event.message
+                    _current_event.set(weakref.ref(event))
+                    outcomes[index] = await self.handle(
+                        service, event.value, Position(message.topic, message.partition, message.offset, message.key))
+
+        if len(groups) == 1:
+            await run(next(iter(groups.values())))
+        else:
+            await asyncio.gather(*(run(indexes) for indexes in groups.values()))
+        return outcomes
 
     async def handle(self, service: str, raw: bytes | None, pos: Position) -> str:
         """Process one Kafka message of ``service``'s topic; returns the outcome label (for metrics/tests)."""

@@ -38,7 +38,7 @@ class WorkerRuntime:
     @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
-            self._engine = create_engine(self.settings)
+            self._engine = create_engine(self.settings, pool_size=max(10, self.settings.worker.max_in_flight))
             self._sessions = session_factory(self._engine)
         return self._engine
 

@@ -1,0 +1,246 @@
+"""End-to-end pipeline benchmark: trigger -> relay -> worker (preview + notification) -> webhook POST.
+
+    .venv/bin/python bench/pipeline_bench.py [--events 2000] [--loads 50,200,1000] [--db mariadb]
+
+One Tansu broker, one database (private MariaDB, or SQLite), a local instant webhook (in this process), real relay
+and `faust worker` processes, rate limiter off. Measures:
+1. worker throughput: a backlog of N triggers for N distinct users drained by 1 worker, then by 2 workers
+   (events/s from the first worker ready to the last notification `sent`; each event = one trigger workflow
+   transaction + one notification claim/POST/outcome);
+2. end-to-end latency at fixed offered loads: trigger outbox row committed -> trigger handler done (its row
+   `consumed_at`) and -> webhook `sent_at`, p50/p95/p99, 1 worker;
+3. peak RSS of the relay and of a worker during (1).
+Targets (issue 6): >= 1,000 events/s per worker, p99 < 250 ms at 200 events/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import sqlalchemy as sa  # noqa: E402
+from aiohttp import web  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+import config  # noqa: E402
+from bench.common import machine, mariadb, percentiles, rss_mb, sqlite_url, tansu  # noqa: E402
+from smartflow_streams import clock  # noqa: E402
+from smartflow_streams.db.engine import create_engine, session_factory  # noqa: E402
+from smartflow_streams.db.models import notification_records, outbox_table, user_notification_channels  # noqa: E402
+from smartflow_streams.db.schema import upgrade_schema  # noqa: E402
+from smartflow_streams.embedded import free_port  # noqa: E402
+from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger  # noqa: E402
+from support import kill9, spawn_relay, spawn_worker, terminate, wait_worker_ready, worker_env  # noqa: E402
+
+AS_TABLE = outbox_table("active_scheduler_outbox_messages")
+LOGS = ROOT / "var" / "bench-logs"
+
+
+class Webhook:
+    def __init__(self) -> None:
+        self.posts = 0
+        self.port = free_port()
+
+    async def start(self) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_post("/flow/api/trigger-webhook/{token}", self.handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        return runner
+
+    async def handle(self, _request: web.Request) -> web.Response:
+        self.posts += 1
+        return web.json_response({"code": 0})
+
+
+async def fresh_database(base_url: str) -> str:
+    if base_url.startswith("sqlite"):
+        return sqlite_url()
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(config.load_settings(database_url=base_url))
+    async with admin.begin() as conn:
+        await conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+    await admin.dispose()
+    return make_url(base_url).set(database=name).render_as_string(hide_password=False)
+
+
+async def prepare(url: str, hook: Webhook, users: range, tag: str) -> tuple[config.Settings, object]:
+    # the same per-run topics as the relay/worker env (rows carry the topic they were written for, as upstream)
+    settings = config.load_settings(database_url=url, services={
+        "notification": {"topic": f"t.{tag}.notification"}, "active-scheduler": {"topic": f"t.{tag}.active-scheduler"}})
+    config.set_settings(settings)
+    engine = create_engine(settings)
+    await upgrade_schema(engine)
+    now = clock.db_now()
+    rows = [dict(user_id=u, channel="feishu_webhook", enabled=True, auth_type="none", webhook_kind="flow",
+                 webhook_url=f"http://127.0.0.1:{hook.port}/flow/api/trigger-webhook/bench-{u}",
+                 created_at=now, updated_at=now) for u in users]
+    async with engine.begin() as conn:
+        for i in range(0, len(rows), 2000):
+            await conn.execute(sa.insert(user_notification_channels), rows[i:i + 2000])
+    return settings, engine
+
+
+async def add_triggers(engine, settings, users: list[int], per_tx: int = 200) -> None:  # type: ignore[no-untyped-def]
+    sessions = session_factory(engine)
+    for i in range(0, len(users), per_tx):
+        async with sessions() as s, s.begin():
+            for u in users[i:i + per_tx]:
+                await create_trigger(s, TriggerRequest(user_id=u, trigger_type="important_urgent_task",
+                                                       source="api_trigger", target_type="task_pool", target_id=u),
+                                     settings)
+
+
+async def count_sent(engine) -> int:  # type: ignore[no-untyped-def]
+    async with engine.connect() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).where(
+            notification_records.c.status == "sent"))).scalar())
+
+
+def env_for(url: str, bootstrap: str, tag: str) -> dict[str, str]:
+    return worker_env(url, bootstrap, tag, free_port(), SMARTFLOW_RELAY__REPUBLISH_AFTER_SECONDS="600",
+                      SMARTFLOW_RELAY__LEASE_SECONDS="30", SMARTFLOW_LOG_LEVEL="warning",
+                      SMARTFLOW_NOTIFICATION__RETRY_SCAN_EVERY_SECONDS="5")
+
+
+async def throughput(base_url: str, bootstrap: str, hook: Webhook, n: int, workers: int) -> dict[str, float]:
+    url = await fresh_database(base_url)
+    users = list(range(1, n + 1))
+    tag = uuid.uuid4().hex[:8]
+    settings, engine = await prepare(url, hook, range(1, n + 1), tag)
+    await add_triggers(engine, settings, users)
+    env = env_for(url, bootstrap, tag)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    relay = spawn_relay(env, LOGS / f"relay-{tag}.log")
+    procs = []
+    for w in range(workers):
+        wenv = {**env, "SMARTFLOW_WORKER__WEB_PORT": str(free_port()),
+                "SMARTFLOW_WORKER__DATADIR": f"/tmp/sf-bench-{tag}-{w}"}
+        procs.append(spawn_worker(wenv, LOGS / f"worker-{tag}-{w}.log"))
+    peak_worker = peak_relay = 0.0
+    try:
+        await asyncio.gather(*(wait_worker_ready(LOGS / f"worker-{tag}-{w}.log", 90) for w in range(workers)))
+        start_sent = await count_sent(engine)
+        started = time.perf_counter()
+        while (sent := await count_sent(engine)) < n:
+            peak_worker = max([peak_worker] + [rss_mb(p.pid)[1] for p in procs])
+            peak_relay = max(peak_relay, rss_mb(relay.pid)[1])
+            await asyncio.sleep(0.2)
+            if time.perf_counter() - started > 300:
+                raise TimeoutError(f"only {sent}/{n} sent after 300 s (logs: {LOGS})")
+        elapsed = time.perf_counter() - started
+    finally:
+        for p in procs:
+            terminate(p)
+        terminate(relay)
+        await engine.dispose()
+    return {"events_s": (n - start_sent) / elapsed, "already_sent_at_ready": float(start_sent),
+            "worker_rss_mb": peak_worker, "relay_rss_mb": peak_relay}
+
+
+async def latency(base_url: str, bootstrap: str, hook: Webhook, rate: float, seconds: float) -> dict[str, float]:
+    url = await fresh_database(base_url)
+    total = int(rate * seconds)
+    tag = uuid.uuid4().hex[:8]
+    settings, engine = await prepare(url, hook, range(1, total + 1), tag)
+    env = env_for(url, bootstrap, tag)
+    relay = spawn_relay(env, LOGS / f"relay-{tag}.log")
+    worker = spawn_worker(env, LOGS / f"worker-{tag}.log")
+    sessions = session_factory(engine)
+    try:
+        await wait_worker_ready(LOGS / f"worker-{tag}.log", 90)
+        await asyncio.sleep(2)
+        inserting = asyncio.Semaphore(16)  # one producer transaction per trigger, up to 16 in flight
+
+        async def insert(user_id: int) -> None:
+            async with inserting, sessions() as s, s.begin():
+                await create_trigger(s, TriggerRequest(user_id=user_id, trigger_type="important_urgent_task",
+                                                       source="api_trigger", target_type="task_pool",
+                                                       target_id=user_id), settings)
+
+        tasks = []
+        start = time.monotonic()
+        for i in range(total):
+            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            tasks.append(asyncio.create_task(insert(i + 1)))
+        await asyncio.gather(*tasks)
+        offered = total / (time.monotonic() - start)
+        deadline = time.monotonic() + 120
+        while await count_sent(engine) < total and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        async with engine.connect() as conn:
+            handler = [(c - m).total_seconds() * 1000 for m, c in (await conn.execute(
+                sa.select(AS_TABLE.c.created_at, AS_TABLE.c.consumed_at).where(AS_TABLE.c.status == "consumed")))]
+            sent = [(r.sent_at - r.created_at).total_seconds() * 1000 for r in (await conn.execute(sa.text(
+                "SELECT t.created_at AS created_at, n.sent_at AS sent_at FROM active_schedule_triggers t "
+                "JOIN notification_records n ON n.trigger_id = t.id WHERE n.status = 'sent'"))).all()]
+    finally:
+        terminate(worker)
+        terminate(relay)
+        await engine.dispose()
+    out = {f"handler_{k}": v for k, v in percentiles(handler).items()}
+    out.update({f"sent_{k}": v for k, v in percentiles(sent).items()})
+    out["offered"] = offered
+    out["done"] = float(len(sent))
+    out["total"] = float(total)
+    return out
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--loads", default="50,200,1000")
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--db", default="mariadb", choices=["mariadb", "sqlite"])
+    args = parser.parse_args()
+    hook = Webhook()
+    runner = await hook.start()
+    results: dict[str, dict[str, float]] = {}
+    try:
+        with tansu() as bootstrap:
+            if args.db == "mariadb":
+                with mariadb() as url:
+                    await run_all(url, bootstrap, hook, args, results)
+            else:
+                await run_all("sqlite", bootstrap, hook, args, results)
+    finally:
+        await runner.cleanup()
+    print(f"\nmachine: {machine()}")
+    print(f"settings: db={args.db}, broker Tansu memory:// (Faust producer_max_batch_size=1, infra-notes 1.4), "
+          f"rate limiter off, instant local webhook, worker concurrency=1 per service agent, 3 partitions")
+    one, two = results["1 worker"], results["2 workers"]
+    print("\n| workers | events/s | scaling | worker peak RSS MiB | relay peak RSS MiB |\n|---|---|---|---|---|")
+    print(f"| 1 | {one['events_s']:,.0f} | 1.00x | {one['worker_rss_mb']:.0f} | {one['relay_rss_mb']:.0f} |")
+    print(f"| 2 | {two['events_s']:,.0f} | {two['events_s'] / one['events_s']:.2f}x | {two['worker_rss_mb']:.0f} | "
+          f"{two['relay_rss_mb']:.0f} |")
+    print("\n| offered events/s | achieved | commit->handler done p50/p95/p99 ms | commit->webhook sent p50/p95/p99 ms |"
+          " delivered |\n|---|---|---|---|---|")
+    for load in args.loads.split(","):
+        r = results[f"load {load}"]
+        print(f"| {load} | {r['offered']:.0f} | {r['handler_p50']:.0f} / {r['handler_p95']:.0f} / "
+              f"{r['handler_p99']:.0f} | {r['sent_p50']:.0f} / {r['sent_p95']:.0f} / {r['sent_p99']:.0f} | "
+              f"{r['done']:.0f}/{r['total']:.0f} |")
+
+
+async def run_all(url: str, bootstrap: str, hook: Webhook, args: argparse.Namespace,
+                  results: dict[str, dict[str, float]]) -> None:
+    for workers in (1, 2):
+        print(f"throughput, {workers} worker(s) ...", flush=True)
+        results[f"{workers} worker{'s' if workers > 1 else ''}"] = await throughput(url, bootstrap, hook, args.events,
+                                                                                   workers)
+    for load in args.loads.split(","):
+        print(f"latency at {load} events/s ...", flush=True)
+        results[f"load {load}"] = await latency(url, bootstrap, hook, float(load), args.latency_seconds)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
