@@ -42,6 +42,7 @@ from support import kill9, spawn_relay, spawn_worker, terminate, wait_worker_rea
 
 AS_TABLE = outbox_table("active_scheduler_outbox_messages")
 LOGS = ROOT / "var" / "bench-logs"
+MAX_IN_FLIGHT = 16  # --max-in-flight
 
 
 class Webhook:
@@ -109,7 +110,8 @@ async def count_sent(engine) -> int:  # type: ignore[no-untyped-def]
 def env_for(url: str, bootstrap: str, tag: str) -> dict[str, str]:
     return worker_env(url, bootstrap, tag, free_port(), SMARTFLOW_RELAY__REPUBLISH_AFTER_SECONDS="600",
                       SMARTFLOW_RELAY__LEASE_SECONDS="30", SMARTFLOW_LOG_LEVEL="warning",
-                      SMARTFLOW_NOTIFICATION__RETRY_SCAN_EVERY_SECONDS="5")
+                      SMARTFLOW_NOTIFICATION__RETRY_SCAN_EVERY_SECONDS="5",
+                      SMARTFLOW_WORKER__MAX_IN_FLIGHT=str(MAX_IN_FLIGHT))
 
 
 async def throughput(base_url: str, bootstrap: str, hook: Webhook, n: int, workers: int) -> dict[str, float]:
@@ -201,7 +203,10 @@ async def main() -> None:
     parser.add_argument("--loads", default="50,200,1000")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--db", default="mariadb", choices=["mariadb", "sqlite"])
+    parser.add_argument("--max-in-flight", type=int, default=16, help="worker.max_in_flight")
     args = parser.parse_args()
+    global MAX_IN_FLIGHT
+    MAX_IN_FLIGHT = args.max_in_flight
     hook = Webhook()
     runner = await hook.start()
     results: dict[str, dict[str, float]] = {}
@@ -216,7 +221,8 @@ async def main() -> None:
         await runner.cleanup()
     print(f"\nmachine: {machine()}")
     print(f"settings: db={args.db}, broker Tansu memory:// (Faust producer_max_batch_size=1, infra-notes 1.4), "
-          f"rate limiter off, instant local webhook, worker concurrency=1 per service agent, 3 partitions")
+          f"rate limiter off, instant local webhook, 3 partitions, agents take batches of <= 200 events, "
+          f"worker.max_in_flight={MAX_IN_FLIGHT} keys concurrently per agent")
     one, two = results["1 worker"], results["2 workers"]
     print("\n| workers | events/s | scaling | worker peak RSS MiB | relay peak RSS MiB |\n|---|---|---|---|---|")
     print(f"| 1 | {one['events_s']:,.0f} | 1.00x | {one['worker_rss_mb']:.0f} | {one['relay_rss_mb']:.0f} |")

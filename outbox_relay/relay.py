@@ -120,7 +120,8 @@ class TableRelay:
             return 0
         await self._sweep_stale_published()
         started = time.perf_counter()
-        claim = await self.repo.claim_due(self.engine, limit=relay.batch_size, lease_seconds=relay.lease_seconds)
+        claim = await self.repo.claim_due(self.engine, limit=relay.batch_size, lease_seconds=relay.lease_seconds,
+                                          exclusive=relay.exclusive)
         if not claim.rows:
             return 0
         messages, poison = self._build(claim.rows)

@@ -11,8 +11,10 @@ webhook timeout; upstream trap 18):
 
 At most one POST per dedupe key is in flight at any time (the claim), and none after ``sent``: duplicates of the
 event, replays and concurrent workers all meet the claim or a terminal status. A worker killed between 1 and 3
-leaves ``sending``; after the 10-minute lease the scanner sends again. That second POST is the one duplicate this
-design can produce (the first may have reached Feishu before the crash); Feishu has no idempotency key.
+leaves ``sending``; after the 10-minute lease the scanner sends again. That second POST is the one duplicate per
+dedupe key this design can produce (the first may have reached Feishu before the crash); Feishu has no idempotency
+key. A worker runs at most ``worker.max_in_flight`` (16) sends per agent at once, which bounds how many keys one
+``kill -9`` can duplicate.
 
 Deliberate difference from upstream: a duplicate event does not resend a ``failed`` record before its
 ``next_retry_at`` (upstream resent at once, defeating the backoff).

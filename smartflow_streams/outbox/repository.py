@@ -190,12 +190,21 @@ class OutboxRepository:
 
     # -- relay side ---------------------------------------------------------------------------------------------
 
-    async def claim_due(self, engine: AsyncEngine, *, limit: int, lease_seconds: float) -> Claim:
+    async def claim_due(
+        self, engine: AsyncEngine, *, limit: int, lease_seconds: float, exclusive: bool = False
+    ) -> Claim:
         """Claim up to ``limit`` due rows for ``lease_seconds`` in one transaction; rows come back in id order.
 
-        Safe with any number of concurrent claimers: MySQL/MariaDB lock with SKIP LOCKED, SQLite serialises the
-        single UPDATE ... RETURNING. A row is due when ``status='pending' AND next_retry_at <= now`` (a lease
-        that has run out is due again).
+        Safe with any number of concurrent claimers. A row is due when ``status='pending' AND next_retry_at <= now``
+        (a lease that has run out is due again). SQLite serialises one ``UPDATE ... RETURNING``. MySQL/MariaDB:
+
+        - default (several relays share the table): ``SELECT ... FOR UPDATE SKIP LOCKED`` then one UPDATE.
+        - ``exclusive`` (the table-lease holder, which wants per-key order): a consistent (non-locking) read of the
+          due rows, then one UPDATE that re-checks "due" under the row locks; when it changed fewer rows than read
+          (another claimer won some), the claimed ones are read back by token. Reason: SKIP LOCKED can see a
+          producer transaction half-committed -- InnoDB releases its row locks one by one after the commit, so a
+          locking read may claim later rows of that transaction while skipping earlier ones, and publish them out
+          of order (seen in ``test_three_concurrent_relays``). A consistent read sees a transaction whole or not.
         """
         t = self.table
         token = uuid.uuid4().hex
@@ -210,13 +219,16 @@ class OutboxRepository:
                 result = await conn.execute(sa.update(t).where(t.c.id.in_(ids)).values(**values).returning(*cols))
                 rows = [OutboxRow.from_claim(r) for r in result.all()]
             else:
-                select = (
-                    sa.select(*cols).where(due).order_by(t.c.next_retry_at, t.c.id).limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
+                select = sa.select(*cols).where(due).order_by(t.c.next_retry_at, t.c.id).limit(limit)
+                if not exclusive:
+                    select = select.with_for_update(skip_locked=True)
                 rows = [OutboxRow.from_claim(r) for r in (await conn.execute(select)).all()]
                 if rows:
-                    await conn.execute(sa.update(t).where(_id_in(t, [r.id for r in rows])).values(**values))
+                    where = [_id_in(t, [r.id for r in rows])] + ([due] if exclusive else [])
+                    changed = (await conn.execute(sa.update(t).where(*where).values(**values))).rowcount
+                    if exclusive and changed != len(rows):
+                        mine = set((await conn.execute(sa.select(t.c.id).where(t.c.claim_token == token))).scalars())
+                        rows = [r for r in rows if r.id in mine]
         for row in rows:
             row.claim_token, row.next_retry_at, row.updated_at = token, lease_until, now
         rows.sort(key=lambda r: r.id)

@@ -198,7 +198,10 @@ async def test_release_returns_rows_without_counting_a_retry(db) -> None:
     assert len(again.rows) == 3 and all(r.retry_count == 0 for r in again.rows)
 
 
-async def test_concurrent_claimers_never_share_a_row(db) -> None:
+@pytest.mark.parametrize("exclusive", [False, True])
+async def test_concurrent_claimers_never_share_a_row(db, exclusive: bool) -> None:
+    """SKIP LOCKED claims (shared table) and consistent-read claims (the lease holder; two relays may both
+    believe they hold it after a pause) alike: a row is never claimed twice."""
     repo = OutboxRepository.for_service("notification")
     total = 3000
     async with db.sessions() as s, s.begin():
@@ -207,10 +210,11 @@ async def test_concurrent_claimers_never_share_a_row(db) -> None:
     seen: dict[int, int] = {}
 
     async def claimer(n: int) -> None:
-        while True:
-            claim = await repo.claim_due(db.engine, limit=97, lease_seconds=300)
-            if not claim.rows:
-                return
+        while len(seen) < total:
+            claim = await repo.claim_due(db.engine, limit=97, lease_seconds=300, exclusive=exclusive)
+            if not claim.rows:  # all taken, or (exclusive) another claimer won the rows this one read
+                await asyncio.sleep(0.001)
+                continue
             for row in claim.rows:
                 assert row.id not in seen, f"row {row.id} claimed by {seen.get(row.id)} and {n}"
                 seen[row.id] = n
