@@ -74,6 +74,9 @@ class WorkerSettings(BaseModel):
         200, ge=1, description="events an agent takes from its stream at once (acked after the whole batch)")
     batch_within_seconds: float = Field(
         0.01, gt=0, description="longest wait for a batch to fill; the latency an idle agent adds to one event")
+    fetch_max_wait_ms: int = Field(
+        1500, ge=1, le=60_000, description="longest a consumer fetch may wait for records (Faust hard-codes 1500; "
+        "Apache Kafka answers as soon as records arrive, Tansu only after the whole wait: use 10 there)")
     max_in_flight: int = Field(
         16, ge=1, description="message keys of one batch processed concurrently per agent (per key: in order); "
         "SQLite always uses 1 (one writer)")

@@ -9,7 +9,8 @@ and a Faust worker in one group: their assignors differ and the group would refu
 Faust defaults chosen here: ``at_least_once``, ``store=memory://`` (tables rebuild from their changelogs),
 ``consumer_auto_offset_reset=earliest`` (upstream reader starts at FirstOffset), web server bound to 127.0.0.1.
 Anything else comes through ``SMARTFLOW_FAUST__<SETTING>`` (e.g. Tansu needs the values in
-:data:`smartflow_streams.embedded.TANSU_FAUST_SETTINGS`).
+:data:`smartflow_streams.embedded.TANSU_FAUST_SETTINGS`). The consumer's fetch wait, hard-coded to 1500 ms by
+Faust, comes from ``worker.fetch_max_wait_ms`` (:func:`_install_fetch_wait`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def build_app(settings: Settings | None = None, **overrides: Any) -> faust.App:
     options.update(overrides)
     app_id = options.pop("id", None) or worker_group_id(settings)
     app = faust.App(app_id, **options)
+    app.smartflow_fetch_max_wait_ms = worker.fetch_max_wait_ms  # type: ignore[attr-defined]
+    _install_fetch_wait()
 
     consumption = ConsumptionTable(app, worker.topic_partitions)
     dedupe = DedupeWindows(app, settings.notification.dedupe_window_seconds, worker.topic_partitions)
@@ -77,6 +80,30 @@ def build_app(settings: Settings | None = None, **overrides: Any) -> faust.App:
                  [registry.service_route(s).topic for s in worker.services])
 
     return app
+
+
+def _install_fetch_wait() -> None:
+    """Make Faust's worker consumer use ``app.smartflow_fetch_max_wait_ms`` instead of its fixed 1500 ms.
+
+    faust-streaming 0.15.3 passes ``fetch_max_wait_ms=1500`` to ``AIOKafkaConsumer`` with no setting to change it;
+    aiokafka 0.14 keeps the value in ``_fetch_max_wait_ms`` until ``start()`` builds its fetcher, so it is replaced
+    right after construction. Idempotent; both versions are pinned and ``tests/agents`` checks the value.
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    original = AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(original, "smartflow_patched", False):
+        return
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        wait = getattr(self.app, "smartflow_fetch_max_wait_ms", None)
+        if wait is not None:
+            consumer._fetch_max_wait_ms = int(wait)
+        return consumer
+
+    create_worker_consumer.smartflow_patched = True  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
 
 
 def _define_timers(app: faust.App, runtime: WorkerRuntime, settings: Settings) -> None:

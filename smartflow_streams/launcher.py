@@ -36,7 +36,7 @@ from smartflow_streams import clock
 from smartflow_streams.db.engine import create_engine, session_factory
 from smartflow_streams.db.models import user_notification_channels
 from smartflow_streams.db.schema import upgrade_schema
-from smartflow_streams.embedded import TANSU_FAUST_SETTINGS, free_port, start_tansu, stop_process, wait_port
+from smartflow_streams.embedded import free_port, start_tansu, stop_process, tansu_env, wait_port
 
 log = logging.getLogger("smartflow.up")
 
@@ -109,8 +109,8 @@ class Stack:
         else:
             print(f"- broker: {bootstrap} (already running)")
         if self.broker is not None or bootstrap == DEFAULT_BOOTSTRAP:
-            for key, value in TANSU_FAUST_SETTINGS.items():
-                env.setdefault(f"SMARTFLOW_FAUST__{key.upper()}", str(value))
+            for key, value in tansu_env().items():
+                env.setdefault(key, value)
         engine = create_engine(self.settings)
         changes = await upgrade_schema(engine)
         print(f"- database: {self._db_label()} (schema: {len(changes)} changes)")

@@ -188,7 +188,7 @@ class FakeFeishu:
 
 def worker_env(db_url: str, bootstrap: str, tag: str, web_port: int, **extra: str) -> dict[str, str]:
     """Env for a real worker (and relay) on Tansu with per-test topics, group and fast timers."""
-    from smartflow_streams.embedded import TANSU_FAUST_SETTINGS
+    from smartflow_streams.embedded import tansu_env
 
     env = base_env(
         db_url, bootstrap,
@@ -210,8 +210,7 @@ def worker_env(db_url: str, bootstrap: str, tag: str, web_port: int, **extra: st
         SMARTFLOW_RELAY__LEASE_SECONDS="5",
         SMARTFLOW_RELAY__TABLE_LEASE_SECONDS="3",
     )
-    for key, value in TANSU_FAUST_SETTINGS.items():
-        env[f"SMARTFLOW_FAUST__{key.upper()}"] = str(value)
+    env.update(tansu_env())
     env.update(extra)
     return env
 
