@@ -957,6 +957,7 @@ async def run_case(name: str, fn: Callable[..., Awaitable[dict[str, Any]]], *arg
     result: dict[str, Any] = {"case": name, "at": datetime.now().isoformat(timespec="seconds"), "params": kwargs}
     try:
         result.update(await fn(*args, **kwargs))
+        result["case"] = name  # the run's name (soak runs prefix theirs), not the scenario's
         result["ok"] = True
         return result
     except BaseException as exc:
