@@ -50,6 +50,20 @@ def mariadb() -> Iterator[str]:
         subprocess.run(["rm", "-rf", str(datadir)], check=False)
 
 
+async def new_mysql_database(server_url: str, prefix: str) -> str:
+    """Create an empty ``<prefix>_<random>`` database on the server of ``server_url``; returns its URL."""
+    from sqlalchemy.engine import make_url
+
+    from smartflow_streams.db.engine import create_engine
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(config.load_settings(database_url=server_url))
+    async with admin.begin() as conn:
+        await conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+    await admin.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
 def sqlite_url() -> str:
     path = ROOT / "var" / f"bench-{uuid.uuid4().hex[:6]}.sqlite"
     return f"sqlite+aiosqlite:///{path}"

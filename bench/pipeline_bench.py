@@ -28,10 +28,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import sqlalchemy as sa  # noqa: E402
 from aiohttp import web  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
 import config  # noqa: E402
-from bench.common import machine, mariadb, percentiles, rss_mb, sqlite_url, tansu  # noqa: E402
+from bench.common import (  # noqa: E402
+    machine, mariadb, new_mysql_database, percentiles, rss_mb, sqlite_url, tansu,
+)
 from smartflow_streams import clock  # noqa: E402
 from smartflow_streams.db.engine import create_engine, session_factory  # noqa: E402
 from smartflow_streams.db.models import notification_records, outbox_table, user_notification_channels  # noqa: E402
@@ -64,14 +65,7 @@ class Webhook:
 
 
 async def fresh_database(base_url: str) -> str:
-    if base_url.startswith("sqlite"):
-        return sqlite_url()
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(config.load_settings(database_url=base_url))
-    async with admin.begin() as conn:
-        await conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-    await admin.dispose()
-    return make_url(base_url).set(database=name).render_as_string(hide_password=False)
+    return sqlite_url() if base_url.startswith("sqlite") else await new_mysql_database(base_url, "bench")
 
 
 async def prepare(url: str, hook: Webhook, users: range, tag: str) -> tuple[config.Settings, object]:

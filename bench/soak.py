@@ -22,21 +22,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "faults"))
 
-from sqlalchemy.engine import make_url  # noqa: E402
-
-import config  # noqa: E402
 import harness  # noqa: E402
-from bench.common import mariadb  # noqa: E402
-from smartflow_streams.db.engine import create_engine  # noqa: E402
-
-
-async def fresh_database(server_url: str) -> str:
-    name = f"soak_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(config.load_settings(database_url=server_url))
-    async with admin.begin() as conn:
-        await conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-    await admin.dispose()
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+from bench.common import mariadb, new_mysql_database  # noqa: E402
 
 
 async def main() -> int:
@@ -50,7 +37,7 @@ async def main() -> int:
         for letter in args.cases.split(","):
             fn = harness.CASES[letter]
             name = f"soak_{fn.__name__.removeprefix('case_')}"
-            url = None if letter == "e" else await fresh_database(server)
+            url = None if letter == "e" else await new_mysql_database(server, "soak")
             workdir = ROOT / "var" / "soak" / f"{name}-{uuid.uuid4().hex[:6]}"
             try:
                 result = await harness.run_case(name, fn, url, workdir, rate=args.rate, duration=args.duration)

@@ -16,15 +16,13 @@ from aiokafka import AIOKafkaProducer
 
 import config
 from smartflow_streams import clock
-from smartflow_streams.contracts.dedupe import new_trigger_id, trigger_dedupe_key
-from smartflow_streams.contracts.envelope import OutboxEventShell
-from smartflow_streams.contracts.events import ActiveScheduleTriggeredPayload
 from smartflow_streams.db.models import (
     active_schedule_triggers, notification_records, outbox_table, user_notification_channels,
 )
 from smartflow_streams.embedded import free_port
 from support import (
     FakeFeishu, TopicReader, kill9, spawn_relay, spawn_worker, terminate, wait_for, wait_worker_ready, worker_env,
+    write_upstream_trigger,
 )
 
 pytestmark = pytest.mark.slow
@@ -43,25 +41,8 @@ async def add_channels(db, feishu: FakeFeishu, users: list[int]) -> None:
 
 async def insert_upstream_trigger(db, topic: str, user_id: int, target_id: int, requested_at: datetime) -> str:
     """Exactly what Go's TriggerService + EnqueueActiveScheduleTriggeredInTx write (one transaction here)."""
-    trigger_id = new_trigger_id()
-    dedupe = trigger_dedupe_key(user_id, "important_urgent_task", "task_pool", target_id, requested_at)
-    payload = ActiveScheduleTriggeredPayload(
-        trigger_id=trigger_id, user_id=user_id, trigger_type="important_urgent_task", source="api_trigger",
-        target_type="task_pool", target_id=target_id, dedupe_key=dedupe, is_mock_time=False,
-        requested_at=requested_at, payload="{}", trace_id=f"trace_api_trigger_{user_id}_{target_id}")
-    shell = OutboxEventShell(event_id=trigger_id, event_type="active_schedule.triggered", event_version="1",
-                             aggregate_id=trigger_id, payload=payload.to_json())
-    naive = requested_at.replace(tzinfo=None)
     async with db.engine.begin() as conn:
-        await conn.execute(sa.insert(active_schedule_triggers).values(
-            id=trigger_id, user_id=user_id, trigger_type="important_urgent_task", source="api_trigger",
-            target_type="task_pool", target_id=target_id, dedupe_key=dedupe, status="pending", is_mock_time=False,
-            requested_at=naive, payload_json="{}", trace_id=payload.trace_id, created_at=naive, updated_at=naive))
-        await conn.execute(sa.insert(AS_TABLE).values(
-            biz_type="active_schedule.triggered", service_name="active-scheduler", topic=topic,
-            message_key=str(user_id), payload=shell.to_json(), status="pending", retry_count=0, max_retry=20,
-            next_retry_at=naive, created_at=naive, updated_at=naive))
-    return trigger_id
+        return await write_upstream_trigger(conn, topic, user_id, target_id, requested_at)
 
 
 async def record_statuses(db) -> dict[str, int]:

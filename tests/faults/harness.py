@@ -53,9 +53,6 @@ from sqlalchemy.engine import make_url
 
 import config
 from smartflow_streams import clock
-from smartflow_streams.contracts.dedupe import new_trigger_id, trigger_dedupe_key
-from smartflow_streams.contracts.envelope import OutboxEventShell
-from smartflow_streams.contracts.events import ActiveScheduleTriggeredPayload
 from smartflow_streams.db.engine import create_engine
 from smartflow_streams.db.models import (
     active_schedule_previews, active_schedule_triggers, notification_records, outbox_dead_messages, outbox_table,
@@ -63,7 +60,9 @@ from smartflow_streams.db.models import (
 )
 from smartflow_streams.db.schema import upgrade_schema
 from smartflow_streams.embedded import free_port, start_tansu, stop_process
-from support import FakeFeishu, TopicReader, kill9, spawn_relay, spawn_worker, wait_for, worker_env
+from support import (
+    FakeFeishu, TopicReader, kill9, spawn_relay, spawn_worker, wait_for, worker_env, write_upstream_trigger,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "var" / "fault-results.jsonl"
@@ -635,15 +634,6 @@ class Scenario:
     async def insert_trigger(self, user_id: int, target_id: int) -> str:
         """What Go's TriggerService + EnqueueActiveScheduleTriggeredInTx write, plus the user's channel if new."""
         requested_at = self.requested_at  # one window for the whole case: a user's triggers share a dedupe key
-        trigger_id = new_trigger_id()
-        dedupe = trigger_dedupe_key(user_id, "important_urgent_task", "task_pool", target_id, requested_at)
-        payload = ActiveScheduleTriggeredPayload(
-            trigger_id=trigger_id, user_id=user_id, trigger_type="important_urgent_task", source="api_trigger",
-            target_type="task_pool", target_id=target_id, dedupe_key=dedupe, is_mock_time=False,
-            requested_at=requested_at, payload="{}", trace_id=f"trace_api_trigger_{user_id}_{target_id}")
-        shell = OutboxEventShell(event_id=trigger_id, event_type="active_schedule.triggered", event_version="1",
-                                 aggregate_id=trigger_id, payload=payload.to_json())
-        naive = requested_at.replace(tzinfo=None)
         now = clock.db_now()
         spec = self.channels.get(user_id)
         async with self.engine.begin() as conn:
@@ -661,15 +651,7 @@ class Scenario:
                     bearer_token=f"bearer-secret-{user_id}" if spec.kind == "flow" else None,
                     webhook_kind=spec.kind, sign_secret=spec.secret or None, msg_type="text",
                     created_at=now, updated_at=now))
-            await conn.execute(sa.insert(active_schedule_triggers).values(
-                id=trigger_id, user_id=user_id, trigger_type="important_urgent_task", source="api_trigger",
-                target_type="task_pool", target_id=target_id, dedupe_key=dedupe, status="pending",
-                is_mock_time=False, requested_at=naive, payload_json="{}", trace_id=payload.trace_id,
-                created_at=now, updated_at=now))
-            await conn.execute(sa.insert(AS_TABLE).values(
-                biz_type="active_schedule.triggered", service_name="active-scheduler", topic=self.as_topic,
-                message_key=str(user_id), payload=shell.to_json(), status="pending", retry_count=0, max_retry=20,
-                next_retry_at=now, created_at=now, updated_at=now))
+            trigger_id = await write_upstream_trigger(conn, self.as_topic, user_id, target_id, requested_at, now)
         self.channels[user_id] = spec
         return trigger_id
 
