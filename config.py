@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import re
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 ENV_PREFIX = "SMARTFLOW_"
 
@@ -240,6 +242,12 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = [f"{_env_key(err['loc']) or ENV_PREFIX}: {err['msg']}" for err in exc.errors()]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    except SettingsError as exc:  # a list/map key whose value is not JSON (found by the config fuzz test)
+        match = re.search(r'field "([^"]+)"', str(exc))
+        prefix = ENV_PREFIX + (match.group(1).upper() if match else "")
+        keys = sorted(k for k in os.environ if k.upper() == prefix or k.upper().startswith(prefix + "__"))
+        raise ConfigError(f"invalid configuration:\n  {', '.join(keys) or prefix}: not valid JSON "
+                          f"(lists and maps are JSON, e.g. '[\"notification\"]')") from None
 
 
 _settings: Settings | None = None

@@ -1,4 +1,7 @@
+import os
+
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import config
 
@@ -43,3 +46,38 @@ def test_masked_hides_secrets() -> None:
     )
     text = str(s.masked())
     assert "topsecret" not in text and "adm-123456" not in text and "tok-abcdef" not in text
+
+
+def _env_keys() -> list[str]:
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location(
+        "config_table", pathlib.Path(__file__).resolve().parent.parent / "scripts" / "config_table.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return [key for key, _, _ in module.rows(config.Settings, config.ENV_PREFIX)]
+
+
+ENV_KEYS = _env_keys()
+
+
+@given(st.sampled_from(ENV_KEYS + ["SMARTFLOW_FAUST__BROKER_SESSION_TIMEOUT", "SMARTFLOW_SERVICES__MEMORY__TOPIC"]),
+       st.one_of(st.text(max_size=40), st.sampled_from(["", "-1", "0", "1e309", "[", "{}", "null", "[\"x\"]", "1.5",
+                                                        "true", "99999999999999999999"])))
+@settings(max_examples=400, deadline=None)
+def test_fuzzed_environment_loads_or_names_the_key(key: str, value: str) -> None:
+    """Any value in any documented key: the settings load, or ConfigError names that key. Nothing else escapes."""
+    if "\x00" in value:
+        return  # the OS cannot put NUL into an environment variable
+    saved = os.environ.get(key)
+    os.environ[key] = value
+    try:
+        config.load_settings()
+    except config.ConfigError as exc:
+        assert key in str(exc), (key, value, str(exc))
+    finally:
+        if saved is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = saved

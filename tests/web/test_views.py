@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
+import random
 import time
 import urllib.error
 import urllib.request
@@ -486,6 +487,70 @@ async def test_channel_api(env: Env) -> None:
         _, body = await c.call("POST", path + "/test", token=API)
         assert (body["data"]["status"], body["data"]["skipped"]) == ("failed", True)
         assert len(feishu.posts) == 1
+
+
+def _fuzz_value(rng: random.Random, depth: int = 0) -> Any:
+    """A random JSON value: the kinds a hostile or buggy client sends (huge/negative numbers, odd strings, nesting)."""
+    kinds = ["int", "float", "str", "bool", "none"] + (["list", "dict"] if depth < 3 else [])
+    kind = rng.choice(kinds)
+    if kind == "int":
+        return rng.choice([0, -1, 1, 2**31, -(2**63), 2**64, rng.randint(-10**6, 10**6)])
+    if kind == "float":
+        return rng.choice([0.5, -1e308, 1e308, 3.0])
+    if kind == "str":
+        return rng.choice(["", " ", "important_urgent_task", "task_pool", "2026-05-01T10:00:00+08:00", "null",
+                           "\u0000", "💥" * 50, "x" * 5000, "'; DROP TABLE x; --", "https://evil.example/hook"])
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "none":
+        return None
+    if kind == "list":
+        return [_fuzz_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    return {rng.choice(["a", "ids", "all", "payload", "webhook_url"]): _fuzz_value(rng, depth + 1)
+            for _ in range(rng.randint(0, 4))}
+
+
+def _fuzz_body(rng: random.Random, fields: list[str]) -> tuple[Any, bytes | None]:
+    """(JSON body, None) with the route's field names and random values, or (None, raw bytes)."""
+    roll = rng.random()
+    if roll < 0.15:
+        return None, bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64)))
+    if roll < 0.3:
+        return _fuzz_value(rng), None
+    return {f: _fuzz_value(rng) for f in fields if rng.random() < 0.7}, None
+
+
+async def test_fuzzed_bodies_get_clear_errors_and_never_break_the_worker(env: Env) -> None:
+    """400 bodies fuzzed at the HTTP boundary (seeded, reproducible): every answer is 200 or 4xx in the route's
+    error shape, never a 5xx, and the worker still answers /health afterwards. The admin routes get the
+    ``taskclass-forum`` service, which no other test here touches."""
+    c = env.client
+    rng = random.Random(20261123)
+    routes = [
+        ("POST", "/api/v1/active-schedule/trigger", API,
+         ["trigger_type", "target_type", "target_id", "feedback_id", "idempotency_key", "mock_now", "payload"]),
+        ("PUT", "/api/v1/notification/channels/feishu", API,
+         ["enabled", "webhook_url", "auth_type", "bearer_token", "webhook_kind", "sign_secret", "msg_type"]),
+        ("POST", "/api/v1/notification/channels/feishu/test", API, []),
+        ("POST", "/admin/dead/taskclass-forum/requeue", ADMIN, ["ids", "all"]),
+        ("POST", "/admin/purge/taskclass-forum", ADMIN, ["older_than_days"]),
+    ]
+    seen: dict[int, int] = {}
+    for i in range(400):
+        method, path, token, fields = routes[i % len(routes)]
+        body, raw = _fuzz_body(rng, fields)
+        status, answer = await c.call(method, path, token=token, body=body, raw=raw,
+                                      headers={"Content-Type": "application/json"})
+        seen[status] = seen.get(status, 0) + 1
+        assert status < 500, (method, path, body, raw, answer)
+        assert isinstance(answer, dict), (path, answer)
+        if path.startswith("/api/"):
+            assert answer["status"] == "10000" or set(answer) == {"status", "info"}, answer
+        elif status >= 400:
+            assert set(answer) == {"error"}, answer
+    assert seen.get(400, 0) > 100  # the fuzz really hit the validation paths
+    status, health = await c.call("GET", "/health")
+    assert status == 200 and health == {"status": "ok"}
 
 
 async def test_no_secret_in_any_body_or_the_worker_log(env: Env) -> None:

@@ -1,0 +1,87 @@
+"""Property-based fuzzing of the wire boundary (hypothesis): whatever bytes arrive, the parsers either return a
+valid model or raise :class:`ContractError` (which the dispatcher turns into ``dead`` with the reason); nothing else
+ever escapes, and ``try_outbox_id`` never raises. The DB-backed half of the same promise (every poison message ends
+``dead`` or in ``outbox_dead_messages``) is tested with real processes in ``tests/faults`` case g.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from smartflow_streams.contracts.envelope import KafkaEnvelope, OutboxEventShell, try_outbox_id
+from smartflow_streams.contracts.events import ActiveScheduleTriggeredPayload, FeishuNotificationRequestedPayload
+from smartflow_streams.errors import ContractError
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False)
+    | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+
+ENVELOPE_FIELDS = ["outbox_id", "event_id", "event_type", "event_version", "aggregate_id", "service_name", "payload"]
+TRIGGER_FIELDS = ["trigger_id", "user_id", "trigger_type", "source", "target_type", "target_id", "feedback_id",
+                  "dedupe_key", "is_mock_time", "mock_now", "requested_at", "payload", "trace_id"]
+NOTIFY_FIELDS = ["user_id", "trigger_id", "preview_id", "trigger_type", "target_type", "target_id", "dedupe_key",
+                 "target_url", "summary_text", "fallback_used", "trace_id", "requested_at"]
+
+
+def shaped(fields: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """Objects with the contract's own field names and random values (the likeliest real-world breakage)."""
+    return st.dictionaries(st.sampled_from(fields), json_values, max_size=len(fields))
+
+
+def only_contract_errors(parse: Any, raw: Any) -> None:
+    try:
+        parse(raw)
+    except ContractError:
+        pass
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_envelope_bytes(raw: bytes) -> None:
+    only_contract_errors(KafkaEnvelope.parse, raw)
+    oid = try_outbox_id(raw)
+    assert oid is None or 1 <= oid < 2**63
+
+
+@FUZZ
+@given(st.one_of(json_values, shaped(ENVELOPE_FIELDS)))
+def test_envelope_json(value: Any) -> None:
+    text = json.dumps(value)
+    only_contract_errors(KafkaEnvelope.parse, text)
+    oid = try_outbox_id(text)
+    assert oid is None or 1 <= oid < 2**63
+
+
+@FUZZ
+@given(st.one_of(st.text(max_size=200), shaped(["event_id", "event_type", "event_version", "aggregate_id",
+                                                 "payload"]).map(json.dumps)))
+def test_outbox_shell(text: str) -> None:
+    only_contract_errors(OutboxEventShell.parse, text)
+
+
+@FUZZ
+@given(st.one_of(json_values, shaped(TRIGGER_FIELDS)))
+def test_trigger_payload(value: Any) -> None:
+    only_contract_errors(ActiveScheduleTriggeredPayload.parse, json.dumps(value))
+
+
+@FUZZ
+@given(st.one_of(json_values, shaped(NOTIFY_FIELDS)))
+def test_notification_payload(value: Any) -> None:
+    only_contract_errors(FeishuNotificationRequestedPayload.parse, json.dumps(value))
+
+
+@FUZZ
+@given(st.integers(min_value=1, max_value=2**63 - 1), st.text(max_size=30))
+def test_a_recoverable_outbox_id_is_found_in_a_truncated_envelope(outbox_id: int, tail: str) -> None:
+    raw = f'{{"outbox_id":{outbox_id},"event_type":"x","payl{tail}'
+    only_contract_errors(KafkaEnvelope.parse, raw)
+    assert try_outbox_id(raw) == outbox_id
