@@ -848,6 +848,8 @@ class Scenario:
                 worker_outcomes[service].update(counts)
         n_events = outbox[N_TABLE_NAME]["by_status"].get("consumed", 0)
         rec_status = Counter(r.status for r in recs)
+        leaked = self.secrets_in_logs()
+        assert not leaked, f"secrets in process logs: {leaked}"
         res.update({
             "triggers_inserted": len(self.triggers), "triggers_in_db": n_triggers,
             "insert_failures": self.insert_failures,
@@ -865,11 +867,28 @@ class Scenario:
             "relay_counters": relay_check,
             "live_worker_outcomes": {s: dict(c) for s, c in worker_outcomes.items()},
             "relay_kills": self.relay_kills, "worker_kills": self.worker_kills,
+            "logs_checked_for_secrets": len(list(self.workdir.glob("*.log"))),
             "events": self.events,
         })
         if extra:
             res.update(extra)
         return res
+
+    def secrets_in_logs(self) -> dict[str, list[str]]:
+        """Configured secrets found in any relay/worker/broker log of this case: channel bearer tokens, bot signing
+        secrets and the token segment of every webhook URL (masking is the workers' job; see smartflow_streams
+        .masking)."""
+        secrets = {s.secret for s in self.channels.values() if s.secret}
+        secrets |= {f"bearer-secret-{uid}" for uid, s in self.channels.items() if s.kind == "flow"}
+        secrets |= {f"tok-user-{uid}-secretpart" for uid, s in self.channels.items() if s.kind == "flow"}
+        secrets |= {f"bot-user-{uid}-secretpart" for uid, s in self.channels.items() if s.kind == "bot"}
+        found: dict[str, list[str]] = {}
+        for log in sorted(self.workdir.glob("*.log")):
+            text = log.read_text(errors="replace")
+            hits = sorted(x for x in secrets if x in text)
+            if hits:
+                found[log.name] = hits[:5]
+        return found
 
     async def _check_relay_counters(self, outbox: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Relay counters (``/health`` stats = the Prometheus counters of that process) against the database."""
