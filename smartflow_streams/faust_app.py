@@ -87,7 +87,7 @@ def _install_fetch_wait() -> None:
 
     faust-streaming 0.15.3 passes ``fetch_max_wait_ms=1500`` to ``AIOKafkaConsumer`` with no setting to change it;
     aiokafka 0.14 keeps the value in ``_fetch_max_wait_ms`` until ``start()`` builds its fetcher, so it is replaced
-    right after construction. Idempotent; both versions are pinned and ``tests/agents`` checks the value.
+    right after construction. Idempotent; both versions are pinned and ``tests/test_faust_app.py`` checks the value.
     """
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
