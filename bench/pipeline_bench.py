@@ -9,8 +9,10 @@ and `faust worker` processes, rate limiter off. Measures:
    transaction + one notification claim/POST/outcome);
 2. end-to-end latency at fixed offered loads: trigger outbox row committed -> trigger handler done (its row
    `consumed_at`) and -> webhook `sent_at`, p50/p95/p99, 1 worker;
-3. peak RSS of the relay and of a worker during (1).
-Targets (issue 6): >= 1,000 events/s per worker, p99 < 250 ms at 200 events/s.
+3. peak RSS of the relay and of a worker during (1);
+4. ``--memory 10000,100000``: peak RSS of the relay and of one worker over ``--memory-seconds`` (60) after the worker
+   is ready, with that many triggers pending (bulk-inserted upstream rows): memory must not grow with the backlog.
+Targets (issue 6): >= 1,000 events/s per worker, p99 < 250 ms at 200 events/s, RSS flat from 10k to 100k.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ from smartflow_streams.db.models import notification_records, outbox_table, user
 from smartflow_streams.db.schema import upgrade_schema  # noqa: E402
 from smartflow_streams.embedded import free_port  # noqa: E402
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger  # noqa: E402
-from support import kill9, spawn_relay, spawn_worker, terminate, wait_worker_ready, worker_env  # noqa: E402
+from support import (  # noqa: E402
+    spawn_relay, spawn_worker, terminate, upstream_trigger_rows, wait_worker_ready, worker_env,
+)
+from smartflow_streams.db.models import active_schedule_triggers  # noqa: E402
 
 AS_TABLE = outbox_table("active_scheduler_outbox_messages")
 LOGS = ROOT / "var" / "bench-logs"
@@ -143,6 +148,36 @@ async def throughput(base_url: str, bootstrap: str, hook: Webhook, n: int, worke
             "worker_rss_mb": peak_worker, "relay_rss_mb": peak_relay}
 
 
+async def memory(base_url: str, bootstrap: str, hook: Webhook, backlog: int, seconds: float) -> dict[str, float]:
+    url = await fresh_database(base_url)
+    tag = uuid.uuid4().hex[:8]
+    settings, engine = await prepare(url, hook, range(1, backlog + 1), tag)
+    now = clock.db_now()
+    topic = settings.services["active-scheduler"].topic
+    for start in range(1, backlog + 1, 5000):
+        rows = [upstream_trigger_rows(topic, u, u, clock.now(), now) for u in range(start, min(start + 5000, backlog + 1))]
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(active_schedule_triggers), [t for t, _ in rows])
+            await conn.execute(sa.insert(AS_TABLE), [o for _, o in rows])
+    env = env_for(url, bootstrap, tag)
+    relay = spawn_relay(env, LOGS / f"relay-{tag}.log")
+    worker = spawn_worker(env, LOGS / f"worker-{tag}.log")
+    peak_worker = peak_relay = 0.0
+    try:
+        await wait_worker_ready(LOGS / f"worker-{tag}.log", 120)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            peak_worker = max(peak_worker, rss_mb(worker.pid)[1])
+            peak_relay = max(peak_relay, rss_mb(relay.pid)[1])
+            await asyncio.sleep(0.5)
+        done = await count_sent(engine)
+    finally:
+        terminate(worker)
+        terminate(relay)
+        await engine.dispose()
+    return {"worker_rss_mb": peak_worker, "relay_rss_mb": peak_relay, "sent": float(done)}
+
+
 async def latency(base_url: str, bootstrap: str, hook: Webhook, rate: float, seconds: float) -> dict[str, float]:
     url = await fresh_database(base_url)
     total = int(rate * seconds)
@@ -198,6 +233,9 @@ async def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--db", default="mariadb", choices=["mariadb", "sqlite"])
     parser.add_argument("--max-in-flight", type=int, default=16, help="worker.max_in_flight")
+    parser.add_argument("--memory", default="", help="backlogs for the RSS check, e.g. 10000,100000 (off by default)")
+    parser.add_argument("--memory-seconds", type=float, default=60.0)
+    parser.add_argument("--only-memory", action="store_true", help="skip the throughput and latency parts")
     args = parser.parse_args()
     global MAX_IN_FLIGHT
     MAX_IN_FLIGHT = args.max_in_flight
@@ -217,29 +255,39 @@ async def main() -> None:
     print(f"settings: db={args.db}, broker Tansu memory:// (Faust producer_max_batch_size=1, infra-notes 1.4), "
           f"rate limiter off, instant local webhook, 3 partitions, agents take batches of <= 200 events, "
           f"worker.max_in_flight={MAX_IN_FLIGHT} keys concurrently per agent")
-    one, two = results["1 worker"], results["2 workers"]
-    print("\n| workers | events/s | scaling | worker peak RSS MiB | relay peak RSS MiB |\n|---|---|---|---|---|")
-    print(f"| 1 | {one['events_s']:,.0f} | 1.00x | {one['worker_rss_mb']:.0f} | {one['relay_rss_mb']:.0f} |")
-    print(f"| 2 | {two['events_s']:,.0f} | {two['events_s'] / one['events_s']:.2f}x | {two['worker_rss_mb']:.0f} | "
-          f"{two['relay_rss_mb']:.0f} |")
-    print("\n| offered events/s | achieved | commit->handler done p50/p95/p99 ms | commit->webhook sent p50/p95/p99 ms |"
-          " delivered |\n|---|---|---|---|---|")
-    for load in args.loads.split(","):
-        r = results[f"load {load}"]
-        print(f"| {load} | {r['offered']:.0f} | {r['handler_p50']:.0f} / {r['handler_p95']:.0f} / "
-              f"{r['handler_p99']:.0f} | {r['sent_p50']:.0f} / {r['sent_p95']:.0f} / {r['sent_p99']:.0f} | "
-              f"{r['done']:.0f}/{r['total']:.0f} |")
+    if not args.only_memory:
+        one, two = results["1 worker"], results["2 workers"]
+        print("\n| workers | events/s | scaling | worker peak RSS MiB | relay peak RSS MiB |\n|---|---|---|---|---|")
+        print(f"| 1 | {one['events_s']:,.0f} | 1.00x | {one['worker_rss_mb']:.0f} | {one['relay_rss_mb']:.0f} |")
+        print(f"| 2 | {two['events_s']:,.0f} | {two['events_s'] / one['events_s']:.2f}x | {two['worker_rss_mb']:.0f} | "
+              f"{two['relay_rss_mb']:.0f} |")
+        print("\n| offered events/s | achieved | commit->handler done p50/p95/p99 ms | commit->webhook sent p50/p95/p99 ms |"
+              " delivered |\n|---|---|---|---|---|")
+        for load in args.loads.split(","):
+            r = results[f"load {load}"]
+            print(f"| {load} | {r['offered']:.0f} | {r['handler_p50']:.0f} / {r['handler_p95']:.0f} / "
+                  f"{r['handler_p99']:.0f} | {r['sent_p50']:.0f} / {r['sent_p95']:.0f} / {r['sent_p99']:.0f} | "
+                  f"{r['done']:.0f}/{r['total']:.0f} |")
+    if args.memory:
+        print(f"\n| pending triggers | worker peak RSS MiB | relay peak RSS MiB | sent in the {args.memory_seconds:.0f} s |"
+              "\n|---|---|---|---|")
+        for backlog in args.memory.split(","):
+            r = results[f"memory {backlog}"]
+            print(f"| {int(backlog):,} | {r['worker_rss_mb']:.0f} | {r['relay_rss_mb']:.0f} | {r['sent']:.0f} |")
 
 
 async def run_all(url: str, bootstrap: str, hook: Webhook, args: argparse.Namespace,
                   results: dict[str, dict[str, float]]) -> None:
-    for workers in (1, 2):
+    for workers in () if args.only_memory else (1, 2):
         print(f"throughput, {workers} worker(s) ...", flush=True)
         results[f"{workers} worker{'s' if workers > 1 else ''}"] = await throughput(url, bootstrap, hook, args.events,
                                                                                    workers)
-    for load in args.loads.split(","):
+    for load in [] if args.only_memory else args.loads.split(","):
         print(f"latency at {load} events/s ...", flush=True)
         results[f"load {load}"] = await latency(url, bootstrap, hook, float(load), args.latency_seconds)
+    for backlog in filter(None, args.memory.split(",")):
+        print(f"memory with {backlog} pending triggers ...", flush=True)
+        results[f"memory {backlog}"] = await memory(url, bootstrap, hook, int(backlog), args.memory_seconds)
 
 
 if __name__ == "__main__":

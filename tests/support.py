@@ -230,17 +230,14 @@ async def wait_worker_ready(log_path: pathlib.Path, timeout: float = 60.0) -> No
     await wait_for(ready, timeout, interval=0.2, what=f"worker ready ({log_path.name})")
 
 
-async def write_upstream_trigger(conn: Any, topic: str, user_id: int, target_id: int, requested_at: datetime,
-                                 now: datetime | None = None) -> str:
-    """On ``conn`` (the caller's transaction): exactly what Go's TriggerService + EnqueueActiveScheduleTriggeredInTx
-    write, a ``pending`` trigger and its ``active_schedule.triggered`` outbox row keyed by the user id. Row times are
-    ``now`` (naive, DB zone), default ``requested_at``."""
-    import sqlalchemy as sa
-
+def upstream_trigger_rows(topic: str, user_id: int, target_id: int, requested_at: datetime,
+                          now: datetime | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Exactly what Go's TriggerService + EnqueueActiveScheduleTriggeredInTx write: the values of a ``pending``
+    trigger row and of its ``active_schedule.triggered`` outbox row keyed by the user id. Row times are ``now``
+    (naive, DB zone), default ``requested_at``."""
     from smartflow_streams.contracts.dedupe import new_trigger_id, trigger_dedupe_key
     from smartflow_streams.contracts.envelope import OutboxEventShell
     from smartflow_streams.contracts.events import ActiveScheduleTriggeredPayload
-    from smartflow_streams.db.models import active_schedule_triggers, outbox_table
 
     trigger_id = new_trigger_id()
     dedupe = trigger_dedupe_key(user_id, "important_urgent_task", "task_pool", target_id, requested_at)
@@ -252,12 +249,24 @@ async def write_upstream_trigger(conn: Any, topic: str, user_id: int, target_id:
                              aggregate_id=trigger_id, payload=payload.to_json())
     naive = requested_at.replace(tzinfo=None)
     at = now or naive
-    await conn.execute(sa.insert(active_schedule_triggers).values(
-        id=trigger_id, user_id=user_id, trigger_type="important_urgent_task", source="api_trigger",
-        target_type="task_pool", target_id=target_id, dedupe_key=dedupe, status="pending", is_mock_time=False,
-        requested_at=naive, payload_json="{}", trace_id=payload.trace_id, created_at=at, updated_at=at))
-    await conn.execute(sa.insert(outbox_table("active_scheduler_outbox_messages")).values(
-        biz_type="active_schedule.triggered", service_name="active-scheduler", topic=topic,
-        message_key=str(user_id), payload=shell.to_json(), status="pending", retry_count=0, max_retry=20,
-        next_retry_at=at, created_at=at, updated_at=at))
-    return trigger_id
+    trigger = dict(id=trigger_id, user_id=user_id, trigger_type="important_urgent_task", source="api_trigger",
+                   target_type="task_pool", target_id=target_id, dedupe_key=dedupe, status="pending",
+                   is_mock_time=False, requested_at=naive, payload_json="{}", trace_id=payload.trace_id,
+                   created_at=at, updated_at=at)
+    outbox = dict(biz_type="active_schedule.triggered", service_name="active-scheduler", topic=topic,
+                  message_key=str(user_id), payload=shell.to_json(), status="pending", retry_count=0, max_retry=20,
+                  next_retry_at=at, created_at=at, updated_at=at)
+    return trigger, outbox
+
+
+async def write_upstream_trigger(conn: Any, topic: str, user_id: int, target_id: int, requested_at: datetime,
+                                 now: datetime | None = None) -> str:
+    """:func:`upstream_trigger_rows` written on ``conn`` (the caller's transaction); returns the trigger id."""
+    import sqlalchemy as sa
+
+    from smartflow_streams.db.models import active_schedule_triggers, outbox_table
+
+    trigger, outbox = upstream_trigger_rows(topic, user_id, target_id, requested_at, now)
+    await conn.execute(sa.insert(active_schedule_triggers).values(**trigger))
+    await conn.execute(sa.insert(outbox_table("active_scheduler_outbox_messages")).values(**outbox))
+    return str(trigger["id"])
