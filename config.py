@@ -82,6 +82,9 @@ class WorkerSettings(BaseModel):
     max_in_flight: int = Field(
         16, ge=1, description="message keys of one batch processed concurrently per agent (per key: in order); "
         "SQLite always uses 1 (one writer)")
+    batched_handlers: bool = Field(
+        True, description="handlers that can (both contract events) process a whole batch in a few multi-row "
+        "statements; false = one event at a time (the reference path, also the fallback when a batch fails)")
 
 
 class NotificationSettings(BaseModel):

@@ -16,6 +16,7 @@ from typing import Any
 import faust
 
 from agents import active_scheduler, notification  # noqa: F401 - registers handlers
+from smartflow_streams import metrics
 from smartflow_streams.catalog import registry
 
 log = logging.getLogger("agents")
@@ -37,6 +38,7 @@ def _agent_fn(runtime: Any, service: str) -> Any:
 
     async def process(stream: faust.StreamT) -> Any:
         async for events in stream.take_events(worker.batch_max, within=worker.batch_within_seconds):
+            metrics.agent_batch_events.labels(service).observe(len(events))
             for outcome in await runtime.dispatcher.handle_batch(service, list(events)):
                 yield outcome
 

@@ -21,6 +21,15 @@ Invariants:
   the relative order of two keys was never defined (they may sit in different partitions). The agent acks the
   batch only after every event of it returned (``stream.take_events``), so a crash redelivers the whole batch and
   the duplicates are no-ops.
+- Batched handlers (``worker.batched_handlers``, default on): the events of a batch whose handler has a ``batch``
+  function (both contract events) are classified first; those that are ready (valid, owned, not known terminal, one
+  per outbox id) run through that function together: a transactional one in one transaction
+  (:meth:`OutboxRepository.consume_many`), so the statements per event fall with the batch size. Everything else
+  (poison, foreign, duplicates, repeated outbox ids) takes the one-by-one path after the batch. If the batch call
+  raises, its transaction rolled back and its events take the one-by-one path too, which classifies and records
+  each failure exactly as without batching: the batch is an optimisation of the success path, never a different
+  outcome. Per key, order of business effects is kept (a batch function applies its events in input order);
+  only the relative timing of a poison event's ``dead`` mark and a later valid event of the same key changes.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from smartflow_streams.catalog import RouteRegistry, registry as default_registr
 from smartflow_streams.contracts.envelope import KafkaEnvelope, try_outbox_id
 from smartflow_streams.db.models import outbox_dead_messages
 from smartflow_streams.errors import ContractError, RouteNotRegisteredError, is_retriable
-from smartflow_streams.handlers import HandlerContext, HandlerRegistry, handlers as default_handlers
+from smartflow_streams.handlers import HandlerContext, HandlerRegistry, HandlerSpec, handlers as default_handlers
 from smartflow_streams.outbox.repository import ConsumeOutcome, OutboxRepository
 
 log = logging.getLogger("agents")
@@ -54,6 +63,24 @@ class ConsumptionState(Protocol):
     def terminal(self, service: str, outbox_id: int) -> str | None: ...
 
     def record(self, service: str, outbox_id: int, status: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Ready:
+    """An event that passed every check before its handler: envelope, handler, decoded payload."""
+
+    env: KafkaEnvelope
+    spec: HandlerSpec
+    payload: Any
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An event decided without its handler: ``dead`` / ``unroutable`` (with the reason), ``foreign``, ``duplicate``."""
+
+    kind: str
+    reason: str = ""
+    outbox_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,35 +114,103 @@ class Dispatcher:
         return self.runtime.settings.worker.max_in_flight
 
     async def handle_batch(self, service: str, events: list[Any]) -> list[str]:
-        """Process Faust events of ``service``'s topic (see the module note on order); outcomes in input order.
-
-        Each event is handled with Faust's current-event context set to it, so table writes go to its partition.
-        """
-        groups: dict[tuple[int, bytes | None], list[int]] = {}
-        for index, event in enumerate(events):
-            groups.setdefault((event.message.partition, event.message.key), []).append(index)
+        """Process Faust events of ``service``'s topic (see the module note on batches and order); outcomes in input
+        order. Each event is handled with Faust's current-event context set to it, so table writes go to its
+        partition."""
         outcomes = [""] * len(events)
+        verdicts: list[Ready | Rejected | None] = [None] * len(events)
+        rest = list(range(len(events)))
+        if self.runtime.settings.worker.batched_handlers:
+            rest, batches = [], {}
+            seen: set[int] = set()
+            for index, event in enumerate(events):
+                verdict = verdicts[index] = self._classify(service, event.value or b"")
+                if (isinstance(verdict, Ready) and getattr(verdict.spec.fn, "batch", None) is not None
+                        and verdict.env.outbox_id not in seen):
+                    seen.add(verdict.env.outbox_id)
+                    batches.setdefault(verdict.spec.event_type, []).append(index)
+                else:
+                    rest.append(index)
+            for indexes in batches.values():
+                if not await self._run_batch(service, events, [verdicts[i] for i in indexes], indexes, outcomes):
+                    rest.extend(indexes)
+            rest.sort()
+        await self._one_by_one(service, events, rest, verdicts, outcomes)
+        return outcomes
+
+    async def _one_by_one(self, service: str, events: list[Any], indexes: list[int],
+                          verdicts: list[Ready | Rejected | None], outcomes: list[str]) -> None:
+        groups: dict[tuple[int, bytes | None], list[int]] = {}
+        for index in indexes:
+            groups.setdefault((events[index].message.partition, events[index].message.key), []).append(index)
         limit = asyncio.Semaphore(self.max_in_flight())
 
-        async def run(indexes: list[int]) -> None:
+        async def run(group: list[int]) -> None:
             async with limit:
-                for index in indexes:
+                for index in group:
                     event = events[index]
                     message = event.message
                     _current_event.set(weakref.ref(event))
-                    outcomes[index] = await self.handle(
-                        service, event.value, Position(message.topic, message.partition, message.offset, message.key))
+                    pos = Position(message.topic, message.partition, message.offset, message.key)
+                    outcomes[index] = await self.handle(service, event.value, pos, verdicts[index])
 
         if len(groups) == 1:
             await run(next(iter(groups.values())))
-        else:
-            await asyncio.gather(*(run(indexes) for indexes in groups.values()))
-        return outcomes
+        elif groups:
+            await asyncio.gather(*(run(group) for group in groups.values()))
 
-    async def handle(self, service: str, raw: bytes | None, pos: Position) -> str:
-        """Process one Kafka message of ``service``'s topic; returns the outcome label (for metrics/tests)."""
+    async def _run_batch(self, service: str, events: list[Any], ready: list[Any], indexes: list[int],
+                         outcomes: list[str]) -> bool:
+        """Run ready events of one handler through its ``batch`` function; False (nothing recorded, the caller
+        goes one by one) if the call raised. Per-item errors of a custom batch are classified like single ones."""
+        spec: HandlerSpec = ready[0].spec
+        repo = self.repo(service)
+
+        def activate(i: int) -> None:
+            _current_event.set(weakref.ref(events[indexes[i]]))
+
+        ctx = HandlerContext(service, None, repo, self.runtime.sessions, self.runtime, activate)
+        batch_fn = spec.fn.batch  # type: ignore[attr-defined]
         try:
-            outcome = await self._handle(service, raw or b"", pos)
+            if spec.transactional:
+                by_id = {r.env.outbox_id: r.payload for r in ready}
+                async with self.runtime.sessions() as session, session.begin():
+                    state = await repo.consume_many(
+                        session, list(by_id), lambda s, live: batch_fn(ctx, s, [by_id[i] for i in live]))
+                results: list[Any] = [state[r.env.outbox_id] for r in ready]
+            else:
+                results = await batch_fn(ctx, [(r.env.outbox_id, r.payload) for r in ready])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one-by-one path classifies and records each event
+            log.info("agent %s: batch of %d %s failed (%s: %s); handling them one by one", service, len(ready),
+                     spec.event_type, type(exc).__name__, exc)
+            metrics.batch_fallbacks.labels(service).inc()
+            return False
+        for i, (r, result) in enumerate(zip(ready, results)):
+            activate(i)
+            try:
+                outcome = await self._finish(service, spec, ctx, r, result)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - as in handle(): log, count, keep the stream flowing
+                log.exception("agent %s: unexpected failure finishing outbox_id=%d", service, r.env.outbox_id)
+                outcome = "error"
+            metrics.consumed.labels(service, outcome).inc()
+            outcomes[indexes[i]] = outcome
+        return True
+
+    async def handle(self, service: str, raw: bytes | None, pos: Position,
+                     verdict: Ready | Rejected | None = None) -> str:
+        """Process one Kafka message of ``service``'s topic; returns the outcome label (for metrics/tests).
+        ``verdict``: its :meth:`_classify` result when the caller already has it."""
+        try:
+            raw = raw or b""
+            verdict = verdict or self._classify(service, raw)
+            if isinstance(verdict, Rejected):
+                outcome = await self._reject(service, verdict, raw, pos)
+            else:
+                outcome = await self._run(service, verdict)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - last line of defence: log, count, keep the stream flowing
@@ -124,17 +219,16 @@ class Dispatcher:
         metrics.consumed.labels(service, outcome).inc()
         return outcome
 
-    async def _handle(self, service: str, raw: bytes, pos: Position) -> str:
+    def _classify(self, service: str, raw: bytes) -> Ready | Rejected:
+        """Every check before the handler, without I/O: envelope, event type, owner, consumption state, handler,
+        version, payload."""
         try:
             env = KafkaEnvelope.parse(raw)
         except ContractError as exc:
             outbox_id = try_outbox_id(raw)
-            reason = f"invalid envelope: {exc}"
-            if outbox_id:
-                return await self._dead(service, outbox_id, reason)
-            return await self._store_unroutable(service, raw, pos, reason)
+            return Rejected("dead" if outbox_id else "unroutable", f"invalid envelope: {exc}", outbox_id or 0)
         if not env.event_type.strip():
-            return await self._dead(service, env.outbox_id, "message has no event type")
+            return Rejected("dead", "message has no event type", env.outbox_id)
         owner = env.service_name.strip()
         if not owner:
             try:
@@ -144,40 +238,57 @@ class Dispatcher:
         if owner != service:
             log.info("agent %s: skipping non-local event: message service=%s type=%s outbox_id=%d", service,
                      owner or "?", env.event_type, env.outbox_id)
-            return "foreign"
+            return Rejected("foreign", outbox_id=env.outbox_id)
         if self.consumption is not None and self.consumption.terminal(service, env.outbox_id):
-            return "duplicate"
+            return Rejected("duplicate", outbox_id=env.outbox_id)
         spec = self.handlers.get(env.event_type)
         if spec is None or spec.service != service:
-            return await self._dead(service, env.outbox_id, f"this service has no handler registered: {env.event_type}")
+            return Rejected("dead", f"this service has no handler registered: {env.event_type}", env.outbox_id)
         try:
             if env.event_version.strip() not in spec.versions:
                 raise ContractError(f"{env.event_type} event_version not supported: {env.event_version!r}")
             payload = spec.decode(env)
         except ContractError as exc:
-            return await self._dead(service, env.outbox_id, f"{env.event_type} payload invalid: {exc}")
+            return Rejected("dead", f"{env.event_type} payload invalid: {exc}", env.outbox_id)
         except Exception as exc:  # noqa: BLE001 - a parser bug is poison for this message too
-            return await self._dead(service, env.outbox_id, f"{env.event_type} payload undecodable: {exc!r}")
+            return Rejected("dead", f"{env.event_type} payload undecodable: {exc!r}", env.outbox_id)
+        return Ready(env, spec, payload)
 
+    async def _reject(self, service: str, verdict: Rejected, raw: bytes, pos: Position) -> str:
+        if verdict.kind == "dead":
+            return await self._dead(service, verdict.outbox_id, verdict.reason)
+        if verdict.kind == "unroutable":
+            return await self._store_unroutable(service, raw, pos, verdict.reason)
+        return verdict.kind
+
+    async def _run(self, service: str, ready: Ready) -> str:
+        spec, env, payload = ready.spec, ready.env, ready.payload
         repo = self.repo(service)
         ctx = HandlerContext(service, env, repo, self.runtime.sessions, self.runtime)
         try:
             if spec.transactional:
-                result = await repo.consume_and_mark_consumed(
+                result: Any = await repo.consume_and_mark_consumed(
                     self.runtime.sessions, env.outbox_id, lambda session: spec.fn(ctx, session, payload))
             else:
                 result = await spec.fn(ctx, payload)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - classified below
-            await self._on_error(spec, ctx, payload, exc)
-            reason = f"consume handler failed: {type(exc).__name__}: {exc}"
-            if is_retriable(exc):
-                return await self._retry(service, env.outbox_id, reason)
-            return await self._dead(service, env.outbox_id, reason)
+        except Exception as exc:  # noqa: BLE001 - classified in _finish
+            result = exc
+        return await self._finish(service, spec, ctx, ready, result)
+
+    async def _finish(self, service: str, spec: HandlerSpec, ctx: HandlerContext, ready: Ready, result: Any) -> str:
+        """Record one handler result: an exception goes to retry or ``dead`` (classified), success is remembered."""
+        outbox_id = ready.env.outbox_id
+        if isinstance(result, Exception):
+            await self._on_error(spec, ctx, ready.payload, result)
+            reason = f"consume handler failed: {type(result).__name__}: {result}"
+            if is_retriable(result):
+                return await self._retry(service, outbox_id, reason)
+            return await self._dead(service, outbox_id, reason)
         outcome = _outcome_label(result)
         if outcome in ("consumed", "duplicate"):
-            self._remember(service, env.outbox_id, "consumed")
+            self._remember(service, outbox_id, "consumed")
         return outcome
 
     async def _on_error(self, spec: Any, ctx: HandlerContext, payload: Any, exc: Exception) -> None:
@@ -187,8 +298,7 @@ class Dispatcher:
         try:
             await hook(ctx, payload, exc)
         except Exception:  # noqa: BLE001 - best effort, like upstream
-            log.warning("agent %s: on_error hook failed for outbox_id=%d", ctx.service, ctx.envelope.outbox_id,
-                        exc_info=True)
+            log.warning("agent %s: on_error hook failed (%s)", ctx.service, type(exc).__name__, exc_info=True)
 
     async def _dead(self, service: str, outbox_id: int, reason: str) -> str:
         repo = self.repo(service)

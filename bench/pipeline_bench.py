@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 import uuid
@@ -33,7 +34,7 @@ from aiohttp import web  # noqa: E402
 
 import config  # noqa: E402
 from bench.common import (  # noqa: E402
-    machine, mariadb, new_mysql_database, percentiles, rss_mb, sqlite_url, tansu,
+    cpu_seconds, machine, mariadb, new_mysql_database, percentiles, pids_named, rss_mb, sqlite_url, tansu,
 )
 from smartflow_streams import clock  # noqa: E402
 from smartflow_streams.db.engine import create_engine, session_factory  # noqa: E402
@@ -114,14 +115,16 @@ def env_for(url: str, bootstrap: str, tag: str) -> dict[str, str]:
 
 
 async def throughput(base_url: str, bootstrap: str, hook: Webhook, n: int, workers: int,
-                     split: bool = False) -> dict[str, float]:
-    """``workers`` processes consuming both services, or (``split``) one per service, as production should run."""
+                     split: bool = False, batched: bool = True) -> dict[str, float]:
+    """``workers`` processes consuming both services, or (``split``) one per service, as production should run;
+    ``batched=False``: handlers one event at a time. Also the CPU each component spent per event."""
     url = await fresh_database(base_url)
     users = list(range(1, n + 1))
     tag = uuid.uuid4().hex[:8]
     settings, engine = await prepare(url, hook, range(1, n + 1), tag)
     await add_triggers(engine, settings, users)
     env = env_for(url, bootstrap, tag)
+    env["SMARTFLOW_WORKER__BATCHED_HANDLERS"] = "true" if batched else "false"
     LOGS.mkdir(parents=True, exist_ok=True)
     relay = spawn_relay(env, LOGS / f"relay-{tag}.log")
     procs = []
@@ -137,6 +140,10 @@ async def throughput(base_url: str, bootstrap: str, hook: Webhook, n: int, worke
     try:
         await asyncio.gather(*(wait_worker_ready(LOGS / f"worker-{tag}-{w}.log", 90) for w in range(workers)))
         start_sent = await count_sent(engine)
+        components = {"worker": [p.pid for p in procs], "relay": [relay.pid], "mariadb": pids_named("mariadbd"),
+                      "broker": pids_named("tansu")}
+        cpu_before = {k: sum(cpu_seconds(pid) for pid in pids) for k, pids in components.items()}
+        bench_before = sum(os.times()[:2])
         started = time.perf_counter()
         while (sent := await count_sent(engine)) < n:
             peak_worker = max([peak_worker] + [rss_mb(p.pid)[1] for p in procs])
@@ -145,13 +152,18 @@ async def throughput(base_url: str, bootstrap: str, hook: Webhook, n: int, worke
             if time.perf_counter() - started > 300:
                 raise TimeoutError(f"only {sent}/{n} sent after 300 s (logs: {LOGS})")
         elapsed = time.perf_counter() - started
+        cpu = {k: sum(cpu_seconds(pid) for pid in pids) - cpu_before[k] for k, pids in components.items()}
+        cpu["bench"] = sum(os.times()[:2]) - bench_before  # load generator + the webhook server
     finally:
         for p in procs:
             terminate(p)
         terminate(relay)
         await engine.dispose()
-    return {"events_s": (n - start_sent) / elapsed, "already_sent_at_ready": float(start_sent),
-            "worker_rss_mb": peak_worker, "relay_rss_mb": peak_relay}
+    events = n - start_sent
+    out = {"events_s": events / elapsed, "already_sent_at_ready": float(start_sent),
+           "worker_rss_mb": peak_worker, "relay_rss_mb": peak_relay}
+    out.update({f"cpu_ms_{k}": 1000 * v / events for k, v in cpu.items()})
+    return out
 
 
 async def memory(base_url: str, bootstrap: str, hook: Webhook, backlog: int, seconds: float) -> dict[str, float]:
@@ -262,14 +274,17 @@ async def main() -> None:
           f"rate limiter off, instant local webhook, 3 partitions, agents take batches of <= 200 events, "
           f"worker.max_in_flight={MAX_IN_FLIGHT} keys concurrently per agent")
     if not args.only_memory:
-        one, two = results["1 worker"], results["2 workers"]
-        print("\n| workers | events/s | scaling | worker peak RSS MiB | relay peak RSS MiB |\n|---|---|---|---|---|")
-        print(f"| 1 | {one['events_s']:,.0f} | 1.00x | {one['worker_rss_mb']:.0f} | {one['relay_rss_mb']:.0f} |")
-        print(f"| 2 | {two['events_s']:,.0f} | {two['events_s'] / one['events_s']:.2f}x | {two['worker_rss_mb']:.0f} | "
-              f"{two['relay_rss_mb']:.0f} |")
-        split = results["split"]
-        print(f"| 2, one per service | {split['events_s']:,.0f} | {split['events_s'] / one['events_s']:.2f}x | "
-              f"{split['worker_rss_mb']:.0f} | {split['relay_rss_mb']:.0f} |")
+        one = results["1 worker"]
+        print("\n| workers | events/s | vs 1 batched worker | CPU ms per event: worker(s) / relay / MariaDB / broker / "
+              "bench+webhook | worker peak RSS MiB | relay peak RSS MiB |\n|---|---|---|---|---|---|")
+        for name, label in (("one by one", "1, handlers one event at a time"), ("1 worker", "1"),
+                            ("2 workers", "2"), ("split", "2, one per service")):
+            r = results[name]
+            cpu = " / ".join(f"{r['cpu_ms_' + k]:.2f}" for k in ("worker", "relay", "mariadb", "broker", "bench"))
+            print(f"| {label} | {r['events_s']:,.0f} | {r['events_s'] / one['events_s']:.2f}x | {cpu} | "
+                  f"{r['worker_rss_mb']:.0f} | {r['relay_rss_mb']:.0f} |")
+        print(f"\none batched worker's CPU per event: {one['cpu_ms_worker']:.2f} ms -> at most "
+              f"{1000 / one['cpu_ms_worker']:,.0f} events/s per worker with a core to itself")
         print("\n| offered events/s | achieved | commit->handler done p50/p95/p99 ms | commit->webhook sent p50/p95/p99 ms |"
               " delivered |\n|---|---|---|---|---|")
         for load in args.loads.split(","):
@@ -287,6 +302,9 @@ async def main() -> None:
 
 async def run_all(url: str, bootstrap: str, hook: Webhook, args: argparse.Namespace,
                   results: dict[str, dict[str, float]]) -> None:
+    if not args.only_memory:
+        print("throughput, 1 worker, handlers one event at a time ...", flush=True)
+        results["one by one"] = await throughput(url, bootstrap, hook, args.events, 1, batched=False)
     for workers in () if args.only_memory else (1, 2):
         print(f"throughput, {workers} worker(s) ...", flush=True)
         results[f"{workers} worker{'s' if workers > 1 else ''}"] = await throughput(url, bootstrap, hook, args.events,

@@ -12,6 +12,12 @@ Two kinds:
 - ``custom``: the function gets the context and must mark the row itself (``ctx.repo``), for work that cannot sit in
   one transaction (the Feishu POST).
 
+Either kind may also handle many events at once: set ``fn.batch`` (the dispatcher uses it when
+``worker.batched_handlers`` is on and falls back to ``fn`` one by one when a batch call raises). A transactional
+``batch(ctx, session, payloads) -> results`` runs inside one consume transaction for all the rows (it must give the
+same end state as calling ``fn`` for each payload in order); a custom ``batch(ctx, [(outbox_id, payload)]) ->
+[result or exception]`` marks the rows itself and returns per item the result or the error to classify.
+
 Registering a handler also registers ``event_type -> service`` in the route registry (conflicting owner: error).
 One handler per event type; registering a different function again raises (upstream silently overwrote).
 """
@@ -35,10 +41,11 @@ class HandlerContext:
     """What a handler gets besides its payload."""
 
     service: str
-    envelope: KafkaEnvelope
+    envelope: KafkaEnvelope | None  # None for a batch function (each item has its own)
     repo: Any  # OutboxRepository bound to the service's table
     sessions: Callable[[], AsyncSession]
     runtime: Any  # the worker runtime (settings, notification service, preview builder, ...)
+    activate: Callable[[int], None] | None = None  # batch: make item i's Kafka event current (Faust table writes)
 
 
 TransactionalFn = Callable[[HandlerContext, AsyncSession, Any], Awaitable[Any]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections import OrderedDict
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -47,34 +48,83 @@ class SecretRegistry:
     Providers register webhook URLs, path tokens, bearer tokens and signing secrets before using them, so
     even an exception message that embeds a URL is scrubbed. Strings shorter than 6 characters are ignored
     (too likely to match ordinary text).
+
+    Limits: holds at most ``capacity`` (20,000) secrets, least recently registered evicted first, except pinned ones
+    (configured tokens). Providers register a channel's secrets right before each send, so every secret that can
+    appear in an error of an in-flight send is present; output that embeds a URL on purpose masks it itself
+    (:func:`mask_webhook_url`). :meth:`scrub` costs one dict lookup per character of the text, whatever the number
+    of secrets (secrets are indexed by their first 6 characters; leftmost, then longest, match wins).
     """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._secrets: dict[str, str] = {}
+    _KEY = 6
 
-    def add(self, secret: str | None, replacement: str | None = None) -> None:
-        if not secret or len(secret) < 6:
+    def __init__(self, capacity: int = 20_000) -> None:
+        self._lock = threading.Lock()
+        self._capacity = capacity
+        self._secrets: OrderedDict[str, str] = OrderedDict()
+        self._pinned: set[str] = set()
+        self._index: dict[str, list[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._secrets)
+
+    def add(self, secret: str | None, replacement: str | None = None, *, pin: bool = False) -> None:
+        if not secret or len(secret) < self._KEY:
             return
         with self._lock:
+            if secret in self._secrets:
+                self._secrets.move_to_end(secret)
+            else:
+                bucket = self._index.setdefault(secret[: self._KEY], [])
+                bucket.append(secret)
+                bucket.sort(key=len, reverse=True)
             self._secrets[secret] = replacement or "****"
+            if pin:
+                self._pinned.add(secret)
+            while len(self._secrets) - len(self._pinned) > self._capacity:
+                oldest = next(s for s in self._secrets if s not in self._pinned)
+                del self._secrets[oldest]
+                bucket = self._index[oldest[: self._KEY]]
+                bucket.remove(oldest)
+                if not bucket:
+                    del self._index[oldest[: self._KEY]]
 
     def add_webhook_url(self, url: str | None) -> None:
+        """Register the secret parts of a webhook URL: its last path segment (the token) and its query. Not the
+        whole URL: URLs share long prefixes, which would put them all in one index bucket; masking the token
+        already leaves nothing secret (``.../hook/****``, stricter than :func:`mask_webhook_url`)."""
         if not url:
             return
-        self.add(url, mask_webhook_url(url))
-        last = urlsplit(url).path.rstrip("/").rpartition("/")[2]
-        self.add(last, "****")
+        try:
+            parts = urlsplit(url.strip())
+        except ValueError:
+            self.add(url.strip())
+            return
+        self.add(parts.path.rstrip("/").rpartition("/")[2], "****")
+        self.add(parts.query, "****")
 
     def scrub(self, text: str) -> str:
-        if not self._secrets:
+        key = self._KEY
+        if not self._secrets or len(text) < key:
             return text
         with self._lock:
-            items = sorted(self._secrets.items(), key=lambda kv: -len(kv[0]))
-        for secret, replacement in items:
-            if secret in text:
-                text = text.replace(secret, replacement)
-        return text
+            index, secrets = self._index, self._secrets
+            parts: list[str] = []
+            start = i = 0
+            end = len(text) - key
+            while i <= end:
+                for secret in index.get(text[i:i + key], ()):
+                    if text.startswith(secret, i):
+                        parts.append(text[start:i])
+                        parts.append(secrets[secret])
+                        i = start = i + len(secret)
+                        break
+                else:
+                    i += 1
+        if not parts:
+            return text
+        parts.append(text[start:])
+        return "".join(parts)
 
 
 SECRETS = SecretRegistry()

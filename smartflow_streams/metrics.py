@@ -31,6 +31,13 @@ outbox_oldest_pending = Gauge(
 consumed = Counter(
     "smartflow_outbox_consumed_total", "Outbox messages handled by agents, by outcome", ["service", "outcome"]
 )
+agent_batch_events = Histogram(
+    "smartflow_agent_batch_events", "Events per batch an agent took from its stream", ["service"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+batch_fallbacks = Counter(
+    "smartflow_batch_fallbacks_total", "Agent batches that raised and were handled one event at a time", ["service"]
+)
 commit_to_consume_seconds = Histogram(
     "smartflow_commit_to_consume_seconds", "Row created_at to handler done", ["service"], buckets=_LATENCY_BUCKETS
 )

@@ -26,13 +26,21 @@ LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 JSONText = sa.Text().with_variant(mysql.JSON(), "mysql", "mariadb")
 
 
-def json_param(value: object) -> sa.ColumnElement:
-    """Bind JSON to a ``JSONText`` column as text: MySQL's ``JSON`` type would otherwise encode a string again."""
+def json_text(value: object) -> str:
+    """JSON text for a ``JSONText`` column: a string is taken as already-encoded JSON."""
     import json
 
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"),
-                                                            default=str)
-    return sa.type_coerce(text, sa.Text())
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def json_param(value: object) -> sa.ColumnElement:
+    """Bind JSON to a ``JSONText`` column as text: MySQL's ``JSON`` type would otherwise encode a string again."""
+    return sa.type_coerce(json_text(value), sa.Text())
+
+
+def json_bind(name: str) -> sa.BindParameter:
+    """:func:`json_param` for executemany: a named Text parameter whose values are :func:`json_text` strings."""
+    return sa.bindparam(name, type_=sa.Text())
 
 
 class OutboxStatus(str, enum.Enum):

@@ -27,7 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import NotificationSettings
 from smartflow_streams import clock
-from smartflow_streams.db.models import json_param, notification_records as records, user_notification_channels as channels
+from smartflow_streams.db.models import json_bind, json_text, notification_records as records
+from smartflow_streams.db.models import user_notification_channels as channels
 from smartflow_streams.notification.providers import ChannelConfig, Outcome, SendRequest, SendResult
 
 RECORD_CHANNEL = "feishu"  # records use "feishu" ...
@@ -97,22 +98,10 @@ async def find_by_dedupe(session: AsyncSession, dedupe_key: str, *, lock: bool =
     return _record(m) if m else None
 
 
-async def find_or_create(session: AsyncSession, payload: Any, settings: NotificationSettings) -> tuple[Record, bool]:
-    """Find the record for the payload (by notification_id, then dedupe key) or create it ``pending``.
-
-    Returns ``(record, reused)``. A concurrent creator's unique-index win is handled with a savepoint.
-    """
-    if payload.notification_id and payload.notification_id > 0:
-        rec = await get(session, payload.notification_id, lock=True)
-        if rec and rec.row["channel"] == RECORD_CHANNEL and rec.dedupe_key == payload.dedupe_key:
-            return rec, True
-    rec = await find_by_dedupe(session, payload.dedupe_key, lock=True)
-    if rec:
-        return rec, True
+def _new_record_values(payload: Any, settings: NotificationSettings, now: datetime) -> dict[str, Any]:
     summary, fallback, fallback_used = normalise_texts(
         payload.summary_text, payload.fallback_text, settings.summary_max_chars)
-    now = clock.db_now()
-    values = dict(
+    return dict(
         channel=RECORD_CHANNEL, user_id=payload.user_id, trigger_id=payload.trigger_id or "",
         preview_id=payload.preview_id, trigger_type=payload.trigger_type or "", target_type=payload.target_type or "",
         target_id=payload.target_id or 0, dedupe_key=payload.dedupe_key, target_url=payload.target_url,
@@ -120,17 +109,77 @@ async def find_or_create(session: AsyncSession, payload: Any, settings: Notifica
         attempt_count=0, max_attempts=settings.max_attempts, trace_id=payload.trace_id or None,
         created_at=now, updated_at=now,
     )
-    try:
-        async with session.begin_nested():
-            result = await session.execute(sa.insert(records).values(**values))
-    except IntegrityError:
-        rec = await find_by_dedupe(session, payload.dedupe_key, lock=True)
-        if rec is None:
-            raise
-        return rec, True
-    rec = await get(session, int(result.inserted_primary_key[0]))
-    assert rec is not None
-    return rec, False
+
+
+async def _latest_by_dedupe(session: AsyncSession, keys: list[str]) -> dict[str, Record]:
+    """dedupe key -> its newest record (as :func:`find_by_dedupe`), locked; keys without one are absent."""
+    if not keys:
+        return {}
+    stmt = (sa.select(records).where(records.c.channel == RECORD_CHANNEL, records.c.dedupe_key.in_(keys))
+            .order_by(records.c.created_at, records.c.id))
+    if session.bind.dialect.name != "sqlite":
+        stmt = stmt.with_for_update()
+    return {m["dedupe_key"]: _record(m) for m in (await session.execute(stmt)).mappings()}
+
+
+CREATE_ATTEMPTS = 3
+
+
+async def find_or_create_many(
+    session: AsyncSession, payloads: list[Any], settings: NotificationSettings
+) -> list[tuple[Record, bool]]:
+    """For each payload its record (by ``notification_id``, then dedupe key) and whether it was ``reused``; missing
+    records are created ``pending``. All returned records are locked until the transaction ends.
+
+    Cost: 1 SELECT for all dedupe keys, 1 multi-row INSERT and 1 SELECT for the missing ones (plus 1 SELECT per
+    payload carrying a ``notification_id``). Payloads sharing a dedupe key share the record: the first one
+    creates it, the later ones are ``reused``. A concurrent creator's unique-index win (``uk_notification_dedupe``)
+    rolls back a savepoint and the winners are read instead (at most 3 rounds).
+    """
+    found: dict[str, Record] = {}
+    by_id: dict[int, Record] = {}
+    for payload in payloads:
+        if payload.notification_id and payload.notification_id > 0:
+            rec = await get(session, payload.notification_id, lock=True)
+            if rec and rec.row["channel"] == RECORD_CHANNEL and rec.dedupe_key == payload.dedupe_key:
+                by_id[payload.notification_id] = rec
+    keys = list(dict.fromkeys(p.dedupe_key for p in payloads))
+    found.update(await _latest_by_dedupe(session, keys))
+    existed = set(found)
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        missing = [k for k in keys if k not in found]
+        if not missing:
+            break
+        now = clock.db_now()
+        first = {p.dedupe_key: p for p in reversed(payloads)}
+        try:
+            async with session.begin_nested():
+                await session.execute(sa.insert(records), [_new_record_values(first[k], settings, now)
+                                                           for k in missing])
+        except IntegrityError:
+            if attempt == CREATE_ATTEMPTS:
+                raise
+            winners = await _latest_by_dedupe(session, missing)
+            found.update(winners)
+            existed.update(winners)
+            continue
+        found.update(await _latest_by_dedupe(session, missing))
+    out: list[tuple[Record, bool]] = []
+    seen: set[str] = set()
+    for payload in payloads:
+        rec = by_id.get(payload.notification_id or 0)
+        if rec is not None:
+            out.append((rec, True))
+            continue
+        key = payload.dedupe_key
+        out.append((found[key], key in existed or key in seen))
+        seen.add(key)
+    return out
+
+
+async def find_or_create(session: AsyncSession, payload: Any, settings: NotificationSettings) -> tuple[Record, bool]:
+    """:func:`find_or_create_many` of one."""
+    return (await find_or_create_many(session, [payload], settings))[0]
 
 
 async def claim(
@@ -141,6 +190,15 @@ async def claim(
     Claimable: ``pending``; ``failed`` whose ``next_retry_at`` is due (or any ``failed`` when
     ``honour_retry_time`` is False); ``sending`` whose lease expired. The attempt is counted here.
     """
+    token, claimed = await claim_many(session, [rec.id], settings, honour_retry_time=honour_retry_time)
+    return token if claimed == 1 else None
+
+
+async def claim_many(
+    session: AsyncSession, ids: list[int], settings: NotificationSettings, *, honour_retry_time: bool = True
+) -> tuple[str, int]:
+    """:func:`claim` for many records in one UPDATE with one shared send token; returns ``(token, rows claimed)``.
+    Which rows were claimed is only known when the caller holds their locks (then: all claimable ones)."""
     now = clock.db_now()
     stale_before = now - timedelta(seconds=settings.sending_lease_seconds)
     failed_due = records.c.status == "failed"
@@ -153,13 +211,32 @@ async def claim(
     )
     token = uuid.uuid4().hex
     result = await session.execute(
-        sa.update(records).where(records.c.id == rec.id, claimable).values(
+        sa.update(records).where(records.c.id.in_(ids), claimable).values(
             status="sending", send_token=token, attempt_count=records.c.attempt_count + 1,
             next_retry_at=None, last_error_code=None, last_error=None, updated_at=now,
             max_attempts=sa.case((records.c.max_attempts <= 0, settings.max_attempts), else_=records.c.max_attempts),
         )
     )
-    return token if result.rowcount == 1 else None
+    return token, int(result.rowcount or 0)
+
+
+async def get_many(session: AsyncSession, ids: list[int]) -> dict[int, Record]:
+    if not ids:
+        return {}
+    return {int(m["id"]): _record(m) for m in (await session.execute(
+        sa.select(records).where(records.c.id.in_(ids)))).mappings()}
+
+
+def claimable(rec: Record, settings: NotificationSettings) -> bool:
+    """What :func:`claim` (honouring the retry time) would accept, judged on a row the caller holds locked."""
+    now = clock.db_now()
+    if rec.status == "pending":
+        return True
+    if rec.status == "failed":
+        return rec.next_retry_at is None or rec.next_retry_at <= now
+    if rec.status == "sending":
+        return rec.updated_at is not None and rec.updated_at <= now - timedelta(seconds=settings.sending_lease_seconds)
+    return False
 
 
 def lease_fresh(rec: Record, settings: NotificationSettings) -> bool:
@@ -178,11 +255,7 @@ def build_request(rec: Record) -> SendRequest:
     )
 
 
-async def apply_outcome(
-    session: AsyncSession, rec: Record, token: str, result: SendResult, settings: NotificationSettings
-) -> str | None:
-    """Write the provider outcome; returns the new status, or None when the token no longer holds the record."""
-    now = clock.db_now()
+def _outcome_values(rec: Record, result: SendResult, settings: NotificationSettings, now: datetime) -> dict[str, Any]:
     values: dict[str, Any] = dict(
         provider_request_json=_json(result.request_json), provider_response_json=_json(result.response_json),
         provider_message_id=result.provider_message_id or None, updated_at=now, send_token=None,
@@ -199,10 +272,42 @@ async def apply_outcome(
         if result.retry_after_seconds:
             delay = max(delay, timedelta(seconds=result.retry_after_seconds))
         values.update(status="failed", next_retry_at=now + delay)
-    changed = await session.execute(
-        sa.update(records).where(records.c.id == rec.id, records.c.status == "sending",
-                                 records.c.send_token == token).values(**values))
-    return values["status"] if changed.rowcount == 1 else None
+    return values
+
+
+async def apply_outcome(
+    session: AsyncSession, rec: Record, token: str, result: SendResult, settings: NotificationSettings
+) -> str | None:
+    """Write the provider outcome; returns the new status, or None when the token no longer holds the record."""
+    return (await apply_outcomes(session, [(rec, result)], token, settings))[rec.id]
+
+
+async def apply_outcomes(
+    session: AsyncSession, outcomes: list[tuple[Record, SendResult]], token: str, settings: NotificationSettings
+) -> dict[int, str | None]:
+    """:func:`apply_outcome` for records claimed with one ``token``: one executemany UPDATE per outcome shape
+    (usually one: all ``sent``), each row guarded by ``status = 'sending' AND send_token = token``. When fewer rows
+    changed than were sent (a lease expired and another sender re-claimed), the statuses are read back."""
+    now = clock.db_now()
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    intended: dict[int, str] = {}
+    for rec, result in outcomes:
+        values = _outcome_values(rec, result, settings, now)
+        intended[rec.id] = values["status"]
+        groups.setdefault(tuple(sorted(values)), []).append({"b_id": rec.id, **{f"b_{k}": v for k, v in values.items()}})
+    changed = 0
+    for columns, params in groups.items():
+        stmt = sa.update(records).where(records.c.id == sa.bindparam("b_id"), records.c.status == "sending",
+                                        records.c.send_token == sa.bindparam("b_token"))
+        stmt = stmt.values({c: json_bind(f"b_{c}") if c in _JSON_COLUMNS else sa.bindparam(f"b_{c}") for c in columns})
+        result = await session.execute(stmt, [{**p, "b_token": token} for p in params])
+        changed += int(result.rowcount or 0)
+    if changed == len(intended):
+        return dict(intended)
+    ids = list(intended)
+    current = {int(i): (status, send_token) for i, status, send_token in (await session.execute(
+        sa.select(records.c.id, records.c.status, records.c.send_token).where(records.c.id.in_(ids)))).all()}
+    return {i: status if current.get(i) == (status, None) else None for i, status in intended.items()}
 
 
 async def list_due(session: AsyncSession, settings: NotificationSettings, limit: int) -> list[int]:
@@ -221,18 +326,26 @@ async def list_due(session: AsyncSession, settings: NotificationSettings, limit:
 
 
 async def load_channel(session: AsyncSession, user_id: int) -> ChannelConfig | None:
-    m = (await session.execute(sa.select(channels).where(
-        channels.c.user_id == user_id, channels.c.channel == CONFIG_CHANNEL))).mappings().first()
-    if m is None:
-        return None
-    return ChannelConfig(
+    return (await load_channels(session, [user_id])).get(user_id)
+
+
+async def load_channels(session: AsyncSession, user_ids: list[int]) -> dict[int, ChannelConfig]:
+    """user id -> its ``feishu_webhook`` channel config, for the users that have one (one SELECT)."""
+    if not user_ids:
+        return {}
+    rows = (await session.execute(sa.select(channels).where(
+        channels.c.user_id.in_(list(dict.fromkeys(user_ids))), channels.c.channel == CONFIG_CHANNEL))).mappings()
+    return {int(m["user_id"]): ChannelConfig(
         webhook_url=m["webhook_url"] or "", enabled=bool(m["enabled"]), auth_type=m["auth_type"] or "none",
         bearer_token=m["bearer_token"] or "", kind=m["webhook_kind"] or "flow", sign_secret=m["sign_secret"] or "",
         msg_type=m["msg_type"] or "text",
-    )
+    ) for m in rows}
 
 
-def _json(value: Any) -> Any:
+_JSON_COLUMNS = ("provider_request_json", "provider_response_json")
+
+
+def _json(value: Any) -> str | None:
     if value in (None, {}, ""):
         return None
-    return json_param(value)
+    return json_text(value)

@@ -22,6 +22,7 @@ Deliberate difference from upstream: a duplicate event does not resend a ``faile
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,61 +84,126 @@ class NotificationService:
         self.dedupe = dedupe
 
     async def handle_requested(self, repo: OutboxRepository, outbox_id: int, payload: Any) -> HandleResult:
-        """Process one validated ``FeishuNotificationRequestedPayload`` carried by outbox row ``outbox_id``."""
-        cached = self.dedupe.terminal_status(payload.dedupe_key) if self.dedupe else None
-        if cached is not None:
-            outcome = await repo.consume_and_mark_consumed(self.sessions, outbox_id)
-            metrics.notification_dedupe_hits.labels("table").inc()
-            return HandleResult(outbox=outcome.value, status=cached, reused=True, deduped_by="table")
+        """Process one validated ``FeishuNotificationRequestedPayload`` carried by outbox row ``outbox_id``:
+        :meth:`handle_requested_many` of one, its per-event error raised."""
+        result = (await self.handle_requested_many(repo, [(outbox_id, payload)]))[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-        token: str | None = None
+    async def handle_requested_many(
+        self, repo: OutboxRepository, items: list[tuple[int, Any]], activate: Callable[[int], None] | None = None,
+    ) -> list[HandleResult | Exception]:
+        """Process events ``(outbox_id, payload)`` together; per item, in input order, its result or the error that
+        should send that outbox row to retry (:class:`LeaseHeldError`, a send that raised). Raises only if the whole
+        call failed before any POST (nothing written; the caller may retry the items one by one).
+
+        Cost for N events, whatever N: 2 transactions of ~8 and 2 statements (+ one per outcome shape), and the N
+        POSTs, at most ``worker.max_in_flight`` (16) at once, one at a time per user (a user's notifications keep
+        their order). ``activate(i)`` is called before the dedupe cache is written for item ``i`` (the worker makes
+        item ``i``'s Kafka event current so a Faust table write goes to its partition). Items sharing a dedupe key
+        share one claim and one POST; the later ones are ``reused`` and finish with the first.
+        """
+        results: list[HandleResult | Exception | None] = [None] * len(items)
+        consumed_now: list[int] = []
+        remember: list[tuple[int, str, str]] = []  # (item, dedupe key, terminal status) for the cache
+        claimed: dict[int, list[int]] = {}  # record id -> items waiting on its one POST (first one sends)
         async with self.sessions() as session, session.begin():
-            state: dict[str, Any] = {}
-
-            async def phase_one(s: AsyncSession) -> None:
-                rec, reused = await records.find_or_create(s, payload, self.cfg)
-                state.update(rec=rec, reused=reused)
+            state = await repo.lock_for_consume(session, [outbox_id for outbox_id, _ in items])
+            todo: list[int] = []
+            seen: set[int] = set()
+            for i, (outbox_id, payload) in enumerate(items):
+                if state[outbox_id] is not ConsumeOutcome.CONSUMED or outbox_id in seen:
+                    dup = state[outbox_id] is ConsumeOutcome.CONSUMED
+                    results[i] = HandleResult(outbox="duplicate" if dup else state[outbox_id].value)
+                    continue
+                seen.add(outbox_id)
+                cached = self.dedupe.terminal_status(payload.dedupe_key) if self.dedupe else None
+                if cached is not None:
+                    consumed_now.append(outbox_id)
+                    metrics.notification_dedupe_hits.labels("table").inc()
+                    results[i] = HandleResult(outbox="consumed", status=cached, reused=True, deduped_by="table")
+                    continue
+                todo.append(i)
+            found = await records.find_or_create_many(session, [items[i][1] for i in todo], self.cfg)
+            for i, (rec, reused) in zip(todo, found):
                 if reused:
                     metrics.notification_dedupe_hits.labels("database").inc()
-                if rec.status in records.TERMINAL:
-                    return
-                if records.lease_fresh(rec, self.cfg):
-                    raise LeaseHeldError(f"notification {rec.id} is being sent; wait for its lease to expire")
-                state["token"] = await records.claim(s, rec, self.cfg)
-                if state["token"] is None:
-                    return
-                state["rec"] = await records.get(s, rec.id)
-                state["channel"] = await records.load_channel(s, rec.row["user_id"])
-                raise _Deferred  # leave the outbox row unconsumed until the outcome is written
+                if rec.id in claimed:
+                    claimed[rec.id].append(i)
+                    continue
+                if records.claimable(rec, self.cfg):
+                    claimed[rec.id] = [i]
+                elif records.lease_fresh(rec, self.cfg):
+                    results[i] = LeaseHeldError(
+                        f"notification {rec.id} is being sent; wait for its lease to expire")
+                else:
+                    # terminal, or failed and not yet due: the scanner owns it; the event itself is done
+                    consumed_now.append(items[i][0])
+                    if rec.status in records.TERMINAL:
+                        remember.append((i, rec.dedupe_key, rec.status))
+                    results[i] = HandleResult(outbox="consumed", record_id=rec.id, status=rec.status, reused=reused,
+                                              attempt_count=rec.attempt_count,
+                                              deduped_by="database" if reused else "")
+            token, count = await records.claim_many(session, list(claimed), self.cfg)
+            if count != len(claimed):  # cannot happen while we hold the row locks; never POST on a doubt
+                raise RuntimeError(f"claimed {count} of {len(claimed)} locked notification records")
+            recs = await records.get_many(session, list(claimed))
+            channels = await records.load_channels(session, [int(r.row["user_id"]) for r in recs.values()])
+            await repo.mark_consumed(session, consumed_now)
+        reused_flags = {i: reused for i, (_rec, reused) in zip(todo, found)}
+        sent = await self._send_many([recs[record_id] for record_id in claimed], channels)
+        outcomes = [(recs[record_id], result) for record_id, result in sent.items()
+                    if not isinstance(result, Exception)]
+        for record_id, result in sent.items():
+            if isinstance(result, Exception):  # the record stays `sending`; the scanner resends after the lease
+                for i in claimed[record_id]:
+                    results[i] = result
+        if outcomes:
+            async with self.sessions() as session, session.begin():
+                statuses = await records.apply_outcomes(session, outcomes, token, self.cfg)
+                await repo.mark_consumed(session, [items[i][0] for rec, _r in outcomes for i in claimed[rec.id]])
+            for rec, _result in outcomes:
+                status = statuses[rec.id] or "superseded"
+                metrics.notifications.labels(status).inc()
+                for n, i in enumerate(claimed[rec.id]):
+                    if status in records.TERMINAL:
+                        remember.append((i, rec.dedupe_key, status))
+                    results[i] = HandleResult(outbox="consumed", record_id=rec.id, status=status,
+                                              delivered=status == "sent" and n == 0,
+                                              reused=reused_flags[i] or n > 0, attempt_count=rec.attempt_count)
+                    log.info("notification.feishu.requested consumed: outbox_id=%d notification_id=%d status=%s "
+                             "delivered=%s reused=%s attempt_count=%d", items[i][0], rec.id, status,
+                             results[i].delivered, results[i].reused, rec.attempt_count)
+        if self.dedupe:
+            for i, key, status in remember:
+                if activate is not None:
+                    activate(i)
+                self.dedupe.remember(key, status)
+        return [r if r is not None else RuntimeError("no result") for r in results]
 
-            try:
-                outcome = await repo.consume(session, outbox_id, phase_one)
-            except _Deferred:
-                outcome = None
-            if outcome is ConsumeOutcome.DUPLICATE or outcome is ConsumeOutcome.NOT_FOUND:
-                return HandleResult(outbox=outcome.value)
-            rec: records.Record = state["rec"]
-            token = state.get("token")
-            if token is None:
-                # terminal, or failed and not yet due: the scanner owns it; the event itself is done
-                if self.dedupe and rec.status in records.TERMINAL:
-                    self.dedupe.remember(rec.dedupe_key, rec.status)
-                return HandleResult(outbox="consumed", record_id=rec.id, status=rec.status, reused=state["reused"],
-                                    attempt_count=rec.attempt_count, deduped_by="database" if state["reused"] else "")
+    async def _send_many(self, recs: list[records.Record],
+                         channels: dict[int, ChannelConfig]) -> dict[int, SendResult | Exception]:
+        """POST each record: one user's records one after another, users concurrently, at most
+        ``worker.max_in_flight`` POSTs at once. A send that raises is returned as its exception."""
+        by_user: dict[int, list[records.Record]] = {}
+        for rec in recs:
+            by_user.setdefault(int(rec.row["user_id"]), []).append(rec)
+        limit = asyncio.Semaphore(max(1, self.settings.worker.max_in_flight))
+        out: dict[int, SendResult | Exception] = {}
 
-        result = await self._send(state.get("channel"), records.build_request(rec))
-        async with self.sessions() as session, session.begin():
-            status = await records.apply_outcome(session, rec, token, result, self.cfg)
-            await repo.consume(session, outbox_id)
-        status = status or "superseded"
-        metrics.notifications.labels(status).inc()
-        if self.dedupe and status in records.TERMINAL:
-            self.dedupe.remember(rec.dedupe_key, status)
-        log.info("notification.feishu.requested consumed: outbox_id=%d notification_id=%d status=%s delivered=%s "
-                 "reused=%s attempt_count=%d", outbox_id, rec.id, status, status == "sent", state["reused"],
-                 rec.attempt_count)
-        return HandleResult(outbox="consumed", record_id=rec.id, status=status, delivered=status == "sent",
-                            reused=state["reused"], attempt_count=rec.attempt_count)
+        async def user_sends(user_id: int, queue: list[records.Record]) -> None:
+            for rec in queue:
+                async with limit:
+                    try:
+                        out[rec.id] = await self._send(channels.get(user_id), records.build_request(rec))
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - classified by the caller per item
+                        out[rec.id] = exc
+
+        await asyncio.gather(*(user_sends(u, q) for u, q in by_user.items()))
+        return {rec.id: out[rec.id] for rec in recs}
 
     async def _send(self, channel: ChannelConfig | None, request: SendRequest) -> SendResult:
         result = await self.provider.send(channel, request)
@@ -188,6 +254,3 @@ class NotificationService:
             metrics.notifications.labels(status).inc()
         return status
 
-
-class _Deferred(Exception):
-    """Internal: abort the consume-and-mark step without rolling back (raised after the claim)."""

@@ -157,6 +157,21 @@ class OutboxRepository:
         :class:`RouteNotRegisteredError` for an unregistered type and :class:`RouteError` for another service's
         event; nothing is written in either case.
         """
+        row = self.pending_row(event_type, payload, message_key=message_key, event_version=event_version,
+                               event_id=event_id, aggregate_id=aggregate_id, max_retry=max_retry)
+        result = await db.execute(sa.insert(self.table).values(**row))
+        return int(result.inserted_primary_key[0])
+
+    async def enqueue_rows(self, db: Executor, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert rows built by :meth:`pending_row` in one multi-row INSERT (ids are not returned)."""
+        if rows:
+            await db.execute(sa.insert(self.table), list(rows))
+
+    def pending_row(
+        self, event_type: str, payload: Any, *, message_key: str, event_version: str = "", event_id: str = "",
+        aggregate_id: str | None = None, max_retry: int | None = None,
+    ) -> dict[str, Any]:
+        """The column values of a new ``pending`` row (see :meth:`enqueue` for the arguments and the errors)."""
         owner = self._registry.owner_of(event_type)
         if owner != self.route.service_name:
             raise RouteError(
@@ -171,22 +186,19 @@ class OutboxRepository:
         )
         retries = max_retry if max_retry is not None else self.settings.outbox.max_retry
         now = clock.db_now()
-        result = await db.execute(
-            sa.insert(self.table).values(
-                biz_type=event_type.strip(),
-                service_name=self.route.service_name,
-                topic=self.route.topic,
-                message_key=message_key.strip(),
-                payload=shell.to_json(),
-                status=OutboxStatus.PENDING.value,
-                retry_count=0,
-                max_retry=retries if retries > 0 else DEFAULT_MAX_RETRY,
-                next_retry_at=now,
-                created_at=now,
-                updated_at=now,
-            )
+        return dict(
+            biz_type=event_type.strip(),
+            service_name=self.route.service_name,
+            topic=self.route.topic,
+            message_key=message_key.strip(),
+            payload=shell.to_json(),
+            status=OutboxStatus.PENDING.value,
+            retry_count=0,
+            max_retry=retries if retries > 0 else DEFAULT_MAX_RETRY,
+            next_retry_at=now,
+            created_at=now,
+            updated_at=now,
         )
-        return int(result.inserted_primary_key[0])
 
     # -- relay side ---------------------------------------------------------------------------------------------
 
@@ -359,25 +371,55 @@ class OutboxRepository:
         ``consumed``/``dead`` rows are a no-op (duplicate delivery). If ``business`` raises, nothing is marked and
         the caller's transaction must roll back.
         """
+        async def business_many(s: AsyncSession, _live: list[int]) -> None:
+            if business is not None:
+                await business(s)
+
+        return (await self.consume_many(session, [outbox_id], business_many))[outbox_id]
+
+    async def consume_many(
+        self, session: AsyncSession, outbox_ids: Sequence[int],
+        business: Callable[[AsyncSession, list[int]], Awaitable[Any]] | None = None,
+    ) -> dict[int, ConsumeOutcome]:
+        """:meth:`consume` for many rows in 3 statements whatever their number: lock them all (one ``SELECT ...
+        FOR UPDATE``), run ``business(session, live_ids)`` once for the rows that are neither missing nor terminal
+        (input order, each id once), mark those ``consumed`` in one UPDATE. Same transaction rules as
+        :meth:`consume`: if ``business`` raises, nothing is marked and the caller must roll back. ``business`` is not
+        called when no row is live."""
+        outcome = await self.lock_for_consume(session, outbox_ids)
+        live = [i for i, o in outcome.items() if o is ConsumeOutcome.CONSUMED]
+        if not live:
+            return outcome
+        if business is not None:
+            await business(session, live)
+        await self.mark_consumed(session, live)
+        return outcome
+
+    async def lock_for_consume(self, session: AsyncSession, outbox_ids: Sequence[int]) -> dict[int, ConsumeOutcome]:
+        """Lock the rows (one ``SELECT ... FOR UPDATE``; SQLite: its writer lock) and say, per id in input order
+        (each once), what consuming it would be: ``CONSUMED`` (live: pending/published), ``DUPLICATE`` (terminal) or
+        ``NOT_FOUND``. Nothing is written."""
         t = self.table
-        select = sa.select(t.c.status).where(t.c.id == outbox_id)
+        ids = list(dict.fromkeys(int(i) for i in outbox_ids))
+        select = sa.select(t.c.id, t.c.status).where(_id_in(t, ids))
         if _dialect(session) != "sqlite":
             select = select.with_for_update()
-        status = (await session.execute(select)).scalar_one_or_none()
-        if status is None:
-            return ConsumeOutcome.NOT_FOUND
-        if status in TERMINAL_OUTBOX:
-            return ConsumeOutcome.DUPLICATE
-        if business is not None:
-            await business(session)
+        found = {int(i): status for i, status in (await session.execute(select)).all()}
+        return {i: ConsumeOutcome.NOT_FOUND if i not in found else
+                ConsumeOutcome.DUPLICATE if found[i] in TERMINAL_OUTBOX else ConsumeOutcome.CONSUMED for i in ids}
+
+    async def mark_consumed(self, session: AsyncSession, outbox_ids: Sequence[int]) -> None:
+        """Mark non-terminal rows ``consumed`` (one UPDATE); terminal rows are left as they are."""
+        if not outbox_ids:
+            return
+        t = self.table
         now = clock.db_now()
         await session.execute(
-            sa.update(t).where(t.c.id == outbox_id, t.c.status.not_in(TERMINAL_OUTBOX)).values(
+            sa.update(t).where(_id_in(t, outbox_ids), t.c.status.not_in(TERMINAL_OUTBOX)).values(
                 status=OutboxStatus.CONSUMED.value, consumed_at=now, last_error=None,
                 next_retry_at=None, claim_token=None, updated_at=now,
             )
         )
-        return ConsumeOutcome.CONSUMED
 
     async def consume_and_mark_consumed(
         self, sessions: Callable[[], AsyncSession], outbox_id: int, business: BusinessFn | None = None

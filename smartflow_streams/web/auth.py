@@ -86,5 +86,5 @@ def register_secrets(settings: Settings) -> None:
     if settings.admin_token is not None:
         tokens.append(settings.admin_token.get_secret_value())
     for token in tokens:
-        SECRETS.add(token)
-        SERVED_SECRETS.add(token)
+        SECRETS.add(token, pin=True)
+        SERVED_SECRETS.add(token, pin=True)

@@ -39,7 +39,7 @@ class RecordingDispatcher(Dispatcher):
         self.peak = 0
         self.context_ok = True
 
-    async def handle(self, service: str, raw: bytes | None, pos: Position) -> str:
+    async def handle(self, service: str, raw: bytes | None, pos: Position, verdict: object = None) -> str:
         current = faust.current_event()
         self.context_ok &= current is not None and current.message.offset == pos.offset
         self.running += 1
