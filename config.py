@@ -80,8 +80,9 @@ class WorkerSettings(BaseModel):
         1500, ge=1, le=60_000, description="longest a consumer fetch may wait for records (Faust hard-codes 1500; "
         "Apache Kafka answers as soon as records arrive, Tansu only after the whole wait: use 10 there)")
     max_in_flight: int = Field(
-        16, ge=1, description="message keys of one batch processed concurrently per agent (per key: in order); "
-        "SQLite always uses 1 (one writer)")
+        16, ge=1, description="message keys of one batch processed concurrently per agent (per key: in order; "
+        "SQLite always uses 1, one writer), and notification records claimed and POSTed at once per agent (the most "
+        "a kill -9 can leave POSTed but unrecorded)")
     batched_handlers: bool = Field(
         True, description="handlers that can (both contract events) process a whole batch in a few multi-row "
         "statements; false = one event at a time (the reference path, also the fallback when a batch fails)")

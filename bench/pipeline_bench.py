@@ -4,9 +4,11 @@
 
 One Tansu broker, one database (private MariaDB, or SQLite), a local instant webhook (in this process), real relay
 and `faust worker` processes, rate limiter off. Measures:
-1. worker throughput: a backlog of N triggers for N distinct users drained by 1 worker, then by 2 workers
-   (events/s from the first worker ready to the last notification `sent`; each event = one trigger workflow
-   transaction + one notification claim/POST/outcome);
+1. worker throughput: a backlog of N triggers for N distinct users drained by 1 worker with handlers one event at a
+   time (``worker.batched_handlers=false``), by 1 worker, by 2 workers and by 2 workers one per service (events/s
+   from the first worker ready to the last notification `sent`; each event = one trigger workflow + one
+   notification claim/POST/outcome), with the CPU milliseconds each component (workers, relay, MariaDB, broker,
+   this process: load generator + webhook) spent per event;
 2. end-to-end latency at fixed offered loads: trigger outbox row committed -> trigger handler done (its row
    `consumed_at`) and -> webhook `sent_at`, p50/p95/p99, 1 worker;
 3. peak RSS of the relay and of a worker during (1);

@@ -198,7 +198,7 @@ async def claim_many(
     session: AsyncSession, ids: list[int], settings: NotificationSettings, *, honour_retry_time: bool = True
 ) -> tuple[str, int]:
     """:func:`claim` for many records in one UPDATE with one shared send token; returns ``(token, rows claimed)``.
-    Which rows were claimed is only known when the caller holds their locks (then: all claimable ones)."""
+    The claimed records are those whose ``send_token`` is now ``token`` (read them back in the same transaction)."""
     now = clock.db_now()
     stale_before = now - timedelta(seconds=settings.sending_lease_seconds)
     failed_due = records.c.status == "failed"

@@ -1,7 +1,8 @@
 """Notification service: handles ``notification.feishu.requested`` and retries due records.
 
-One event, three short transactions, the HTTP call outside all of them (a DB transaction never spans the 5 s
-webhook timeout; upstream trap 18):
+Per event (a batch does each step for all its events at once, :meth:`NotificationService.handle_requested_many`),
+short transactions with the HTTP call outside all of them (a DB transaction never spans the 5 s webhook timeout;
+upstream trap 18):
 1. lock the outbox row (consumed/dead -> duplicate, stop); find or create the record; claim it into ``sending``
    (pending, or failed and due). Terminal records, and failed ones not yet due, just mark the outbox row consumed
    (the retry scanner owns them). A fresh ``sending`` lease held by someone else raises :class:`LeaseHeldError`
@@ -95,21 +96,27 @@ class NotificationService:
         self, repo: OutboxRepository, items: list[tuple[int, Any]], activate: Callable[[int], None] | None = None,
     ) -> list[HandleResult | Exception]:
         """Process events ``(outbox_id, payload)`` together; per item, in input order, its result or the error that
-        should send that outbox row to retry (:class:`LeaseHeldError`, a send that raised). Raises only if the whole
-        call failed before any POST (nothing written; the caller may retry the items one by one).
+        should send that outbox row to retry (:class:`LeaseHeldError`, a send that raised). Raises when a
+        transaction fails: nothing of that transaction is written, so the caller may go one by one; records already
+        claimed stay ``sending`` and their one-by-one retry meets the lease (retry later), exactly as when the
+        outcome write of a single event fails.
 
-        Cost for N events, whatever N: 2 transactions of ~8 and 2 statements (+ one per outcome shape), and the N
-        POSTs, at most ``worker.max_in_flight`` (16) at once, one at a time per user (a user's notifications keep
-        their order). ``activate(i)`` is called before the dedupe cache is written for item ``i`` (the worker makes
-        item ``i``'s Kafka event current so a Faust table write goes to its partition). Items sharing a dedupe key
-        share one claim and one POST; the later ones are ``reused`` and finish with the first.
+        Steps: one transaction for the whole batch (lock the outbox rows, find or create the records, settle the
+        events that need no POST); then, per chunk of ``worker.max_in_flight`` (16) records, claim (one UPDATE),
+        POST concurrently (one user's records one after another) and write the outcomes (one transaction). Claiming
+        per chunk keeps the bound of the module note: a ``kill -9`` can leave at most 16 records per agent POSTed
+        but not recorded. Cost for N events: ~4 + 6 * N / 16 statements. ``activate(i)`` is called before the dedupe
+        cache is written for item ``i`` (the worker makes item ``i``'s Kafka event current so a Faust table write
+        goes to its partition). Items sharing a dedupe key share one claim and one POST; the later ones are
+        ``reused`` and finish with the first.
         """
         results: list[HandleResult | Exception | None] = [None] * len(items)
-        consumed_now: list[int] = []
         remember: list[tuple[int, str, str]] = []  # (item, dedupe key, terminal status) for the cache
-        claimed: dict[int, list[int]] = {}  # record id -> items waiting on its one POST (first one sends)
+        waiting: dict[int, list[int]] = {}  # claimable record id -> its items (the first one "sends")
+        reused_flags: dict[int, bool] = {}
         async with self.sessions() as session, session.begin():
             state = await repo.lock_for_consume(session, [outbox_id for outbox_id, _ in items])
+            consumed_now: list[int] = []
             todo: list[int] = []
             seen: set[int] = set()
             for i, (outbox_id, payload) in enumerate(items):
@@ -127,16 +134,15 @@ class NotificationService:
                 todo.append(i)
             found = await records.find_or_create_many(session, [items[i][1] for i in todo], self.cfg)
             for i, (rec, reused) in zip(todo, found):
+                reused_flags[i] = reused
                 if reused:
                     metrics.notification_dedupe_hits.labels("database").inc()
-                if rec.id in claimed:
-                    claimed[rec.id].append(i)
-                    continue
-                if records.claimable(rec, self.cfg):
-                    claimed[rec.id] = [i]
+                if rec.id in waiting:
+                    waiting[rec.id].append(i)
+                elif records.claimable(rec, self.cfg):
+                    waiting[rec.id] = [i]
                 elif records.lease_fresh(rec, self.cfg):
-                    results[i] = LeaseHeldError(
-                        f"notification {rec.id} is being sent; wait for its lease to expire")
+                    results[i] = LeaseHeldError(f"notification {rec.id} is being sent; wait for its lease to expire")
                 else:
                     # terminal, or failed and not yet due: the scanner owns it; the event itself is done
                     consumed_now.append(items[i][0])
@@ -145,36 +151,12 @@ class NotificationService:
                     results[i] = HandleResult(outbox="consumed", record_id=rec.id, status=rec.status, reused=reused,
                                               attempt_count=rec.attempt_count,
                                               deduped_by="database" if reused else "")
-            token, count = await records.claim_many(session, list(claimed), self.cfg)
-            if count != len(claimed):  # cannot happen while we hold the row locks; never POST on a doubt
-                raise RuntimeError(f"claimed {count} of {len(claimed)} locked notification records")
-            recs = await records.get_many(session, list(claimed))
-            channels = await records.load_channels(session, [int(r.row["user_id"]) for r in recs.values()])
             await repo.mark_consumed(session, consumed_now)
-        reused_flags = {i: reused for i, (_rec, reused) in zip(todo, found)}
-        sent = await self._send_many([recs[record_id] for record_id in claimed], channels)
-        outcomes = [(recs[record_id], result) for record_id, result in sent.items()
-                    if not isinstance(result, Exception)]
-        for record_id, result in sent.items():
-            if isinstance(result, Exception):  # the record stays `sending`; the scanner resends after the lease
-                for i in claimed[record_id]:
-                    results[i] = result
-        if outcomes:
-            async with self.sessions() as session, session.begin():
-                statuses = await records.apply_outcomes(session, outcomes, token, self.cfg)
-                await repo.mark_consumed(session, [items[i][0] for rec, _r in outcomes for i in claimed[rec.id]])
-            for rec, _result in outcomes:
-                status = statuses[rec.id] or "superseded"
-                metrics.notifications.labels(status).inc()
-                for n, i in enumerate(claimed[rec.id]):
-                    if status in records.TERMINAL:
-                        remember.append((i, rec.dedupe_key, status))
-                    results[i] = HandleResult(outbox="consumed", record_id=rec.id, status=status,
-                                              delivered=status == "sent" and n == 0,
-                                              reused=reused_flags[i] or n > 0, attempt_count=rec.attempt_count)
-                    log.info("notification.feishu.requested consumed: outbox_id=%d notification_id=%d status=%s "
-                             "delivered=%s reused=%s attempt_count=%d", items[i][0], rec.id, status,
-                             results[i].delivered, results[i].reused, rec.attempt_count)
+        chunk = max(1, self.settings.worker.max_in_flight)
+        record_ids = list(waiting)
+        for start in range(0, len(record_ids), chunk):
+            await self._claim_send_chunk(repo, items, record_ids[start:start + chunk], waiting, reused_flags,
+                                          results, remember)
         if self.dedupe:
             for i, key, status in remember:
                 if activate is not None:
@@ -182,25 +164,64 @@ class NotificationService:
                 self.dedupe.remember(key, status)
         return [r if r is not None else RuntimeError("no result") for r in results]
 
+    async def _claim_send_chunk(
+        self, repo: OutboxRepository, items: list[tuple[int, Any]], record_ids: list[int],
+        waiting: dict[int, list[int]], reused_flags: dict[int, bool], results: list[Any],
+        remember: list[tuple[int, str, str]],
+    ) -> None:
+        """One chunk of :meth:`handle_requested_many`: claim, POST, record. A record another sender claimed since
+        the batch transaction gives its items :class:`LeaseHeldError` (retry later)."""
+        async with self.sessions() as session, session.begin():
+            token, _count = await records.claim_many(session, record_ids, self.cfg)
+            recs = {i: r for i, r in (await records.get_many(session, record_ids)).items()
+                    if r.row["send_token"] == token}
+            channels = await records.load_channels(session, [int(r.row["user_id"]) for r in recs.values()])
+        for record_id in record_ids:
+            if record_id not in recs:
+                for i in waiting[record_id]:
+                    results[i] = LeaseHeldError(f"notification {record_id} was claimed by another sender")
+        sent = await self._send_many(list(recs.values()), channels)
+        outcomes = [(recs[record_id], result) for record_id, result in sent.items()
+                    if not isinstance(result, Exception)]
+        for record_id, result in sent.items():
+            if isinstance(result, Exception):  # the record stays `sending`; the scanner resends after the lease
+                for i in waiting[record_id]:
+                    results[i] = result
+        if not outcomes:
+            return
+        async with self.sessions() as session, session.begin():
+            statuses = await records.apply_outcomes(session, outcomes, token, self.cfg)
+            await repo.mark_consumed(session, [items[i][0] for rec, _r in outcomes for i in waiting[rec.id]])
+        for rec, _result in outcomes:
+            status = statuses[rec.id] or "superseded"
+            metrics.notifications.labels(status).inc()
+            for n, i in enumerate(waiting[rec.id]):
+                if status in records.TERMINAL:
+                    remember.append((i, rec.dedupe_key, status))
+                results[i] = HandleResult(outbox="consumed", record_id=rec.id, status=status,
+                                          delivered=status == "sent" and n == 0,
+                                          reused=reused_flags[i] or n > 0, attempt_count=rec.attempt_count)
+                log.info("notification.feishu.requested consumed: outbox_id=%d notification_id=%d status=%s "
+                         "delivered=%s reused=%s attempt_count=%d", items[i][0], rec.id, status,
+                         results[i].delivered, results[i].reused, rec.attempt_count)
+
     async def _send_many(self, recs: list[records.Record],
                          channels: dict[int, ChannelConfig]) -> dict[int, SendResult | Exception]:
-        """POST each record: one user's records one after another, users concurrently, at most
-        ``worker.max_in_flight`` POSTs at once. A send that raises is returned as its exception."""
+        """POST each record: one user's records one after another, users concurrently (callers pass at most
+        ``worker.max_in_flight``). A send that raises is returned as its exception."""
         by_user: dict[int, list[records.Record]] = {}
         for rec in recs:
             by_user.setdefault(int(rec.row["user_id"]), []).append(rec)
-        limit = asyncio.Semaphore(max(1, self.settings.worker.max_in_flight))
         out: dict[int, SendResult | Exception] = {}
 
         async def user_sends(user_id: int, queue: list[records.Record]) -> None:
             for rec in queue:
-                async with limit:
-                    try:
-                        out[rec.id] = await self._send(channels.get(user_id), records.build_request(rec))
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - classified by the caller per item
-                        out[rec.id] = exc
+                try:
+                    out[rec.id] = await self._send(channels.get(user_id), records.build_request(rec))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - classified by the caller per item
+                    out[rec.id] = exc
 
         await asyncio.gather(*(user_sends(u, q) for u, q in by_user.items()))
         return {rec.id: out[rec.id] for rec in recs}

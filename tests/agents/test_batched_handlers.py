@@ -155,3 +155,37 @@ async def test_notification_batch_one_post_per_key_outcomes_per_item(db, runtime
     assert all(r["attempt_count"] == 1 for r in recs.values())
     assert [outbox[oid].status for oid, _ in items] == ["consumed"] * 5 + ["pending"] + ["consumed"] * 3
     assert "being sent" in outbox[items[5][0]].last_error
+
+
+async def test_notification_batch_claims_at_most_max_in_flight_records_at_once(db, runtime) -> None:
+    """The kill -9 bound: records claimed (``sending``) but not yet recorded never exceed ``worker.max_in_flight``."""
+    from aiohttp import web
+
+    from smartflow_streams.embedded import free_port
+
+    runtime.settings.worker.max_in_flight = 3
+    sending_seen: list[int] = []
+
+    async def hook(_request: web.Request) -> web.Response:
+        async with db.engine.connect() as conn:
+            sending_seen.append(int((await conn.execute(sa.select(sa.func.count()).where(
+                notification_records.c.status == "sending"))).scalar()))
+        return web.json_response({"code": 0})
+
+    app = web.Application()
+    app.router.add_post("/flow/api/trigger-webhook/{token}", hook)
+    server = web.AppRunner(app, access_log=None)
+    await server.setup()
+    port = free_port()
+    await web.TCPSite(server, "127.0.0.1", port).start()
+    try:
+        items = []
+        for u in range(1, 8):
+            await channel(db, u, f"http://127.0.0.1:{port}/flow/api/trigger-webhook/tok-user-{u}-secretpart")
+            items.append(await enqueue(db, NOTIFY, notification_payload(u)))
+        outcomes = await dispatcher(runtime).handle_batch(
+            "notification", [Event(value, str(n).encode(), n) for n, (_oid, value) in enumerate(items)])
+    finally:
+        await server.cleanup()
+    assert outcomes == ["consumed"] * 7
+    assert len(sending_seen) == 7 and max(sending_seen) == 3  # chunks of 3, 3, 1
