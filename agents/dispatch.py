@@ -62,7 +62,10 @@ class ConsumptionState(Protocol):
 
     def terminal(self, service: str, outbox_id: int) -> str | None: ...
 
-    def record(self, service: str, outbox_id: int, status: str) -> None: ...
+    def record(self, service: str, outbox_id: int, status: str, counted: bool = True) -> None: ...
+
+    def flush(self, service: str, partition: int) -> None:
+        """Write what :meth:`record` buffered for (service, partition); called once per batch and partition."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,19 @@ class Dispatcher:
                     rest.extend(indexes)
             rest.sort()
         await self._one_by_one(service, events, rest, verdicts, outcomes)
+        self._flush(service, events)
         return outcomes
+
+    def _flush(self, service: str, events: list[Any]) -> None:
+        if self.consumption is None:
+            return
+        last_of_partition = {event.message.partition: event for event in events}
+        for partition, event in last_of_partition.items():
+            _current_event.set(weakref.ref(event))
+            try:
+                self.consumption.flush(service, partition)
+            except Exception:  # noqa: BLE001 - an accelerator failure must never fail the batch
+                log.debug("consumption counters flush failed", exc_info=True)
 
     async def _one_by_one(self, service: str, events: list[Any], indexes: list[int],
                           verdicts: list[Ready | Rejected | None], outcomes: list[str]) -> None:
@@ -288,7 +303,7 @@ class Dispatcher:
             return await self._dead(service, outbox_id, reason)
         outcome = _outcome_label(result)
         if outcome in ("consumed", "duplicate"):
-            self._remember(service, outbox_id, "consumed")
+            self._remember(service, outbox_id, "consumed", counted=outcome == "consumed")
         return outcome
 
     async def _on_error(self, spec: Any, ctx: HandlerContext, payload: Any, exc: Exception) -> None:
@@ -365,11 +380,11 @@ class Dispatcher:
                 delay = min(delay * 2, 8.0)
         return False
 
-    def _remember(self, service: str, outbox_id: int, status: str) -> None:
+    def _remember(self, service: str, outbox_id: int, status: str, counted: bool = True) -> None:
         if self.consumption is None:
             return
         try:
-            self.consumption.record(service, outbox_id, status)
+            self.consumption.record(service, outbox_id, status, counted)
         except Exception:  # noqa: BLE001 - an accelerator failure must never fail the message
             log.debug("consumption-state write failed", exc_info=True)
 

@@ -117,7 +117,8 @@ def env_for(url: str, bootstrap: str, tag: str) -> dict[str, str]:
 
 
 async def throughput(base_url: str, bootstrap: str, hook: Webhook, n: int, workers: int,
-                     split: bool = False, batched: bool = True) -> dict[str, float]:
+                     split: bool = False, batched: bool = True, extra_env: dict[str, str] | None = None
+                     ) -> dict[str, float]:
     """``workers`` processes consuming both services, or (``split``) one per service, as production should run;
     ``batched=False``: handlers one event at a time. Also the CPU each component spent per event."""
     url = await fresh_database(base_url)
@@ -127,6 +128,7 @@ async def throughput(base_url: str, bootstrap: str, hook: Webhook, n: int, worke
     await add_triggers(engine, settings, users)
     env = env_for(url, bootstrap, tag)
     env["SMARTFLOW_WORKER__BATCHED_HANDLERS"] = "true" if batched else "false"
+    env.update(extra_env or {})
     LOGS.mkdir(parents=True, exist_ok=True)
     relay = spawn_relay(env, LOGS / f"relay-{tag}.log")
     procs = []
@@ -280,7 +282,8 @@ async def main() -> None:
         print("\n| workers | events/s | vs 1 batched worker | CPU ms per event: worker(s) / relay / MariaDB / broker / "
               "bench+webhook | worker peak RSS MiB | relay peak RSS MiB |\n|---|---|---|---|---|---|")
         for name, label in (("one by one", "1, handlers one event at a time"), ("1 worker", "1"),
-                            ("2 workers", "2"), ("split", "2, one per service")):
+                            ("2 workers", "2"), ("split", "2, one per service"),
+                            ("producer batching", "1, Faust changelog producer batching on (Apache Kafka setting)")):
             r = results[name]
             cpu = " / ".join(f"{r['cpu_ms_' + k]:.2f}" for k in ("worker", "relay", "mariadb", "broker", "bench"))
             print(f"| {label} | {r['events_s']:,.0f} | {r['events_s'] / one['events_s']:.2f}x | {cpu} | "
@@ -307,6 +310,10 @@ async def run_all(url: str, bootstrap: str, hook: Webhook, args: argparse.Namesp
     if not args.only_memory:
         print("throughput, 1 worker, handlers one event at a time ...", flush=True)
         results["one by one"] = await throughput(url, bootstrap, hook, args.events, 1, batched=False)
+    if not args.only_memory:
+        print("throughput, 1 worker, Faust producer batching on ...", flush=True)
+        results["producer batching"] = await throughput(
+            url, bootstrap, hook, args.events, 1, extra_env={"SMARTFLOW_FAUST__PRODUCER_MAX_BATCH_SIZE": "16384"})
     for workers in () if args.only_memory else (1, 2):
         print(f"throughput, {workers} worker(s) ...", flush=True)
         results[f"{workers} worker{'s' if workers > 1 else ''}"] = await throughput(url, bootstrap, hook, args.events,

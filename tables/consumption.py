@@ -3,6 +3,11 @@
 Entries are kept 24 hours (duplicates arrive within the relay's lease and sweep windows, minutes). Counters are
 kept per (service, partition), because a Faust table key must be written from its own partition; readers sum
 them. After a worker restart the counters come back from the changelog.
+
+Cost: :meth:`record` writes one state key (one changelog message); counts are buffered and written by
+:meth:`flush` once per (service, partition) per agent batch, so counters cost one changelog message per batch and
+partition instead of one per event. Counts recorded but not yet flushed when a worker dies are lost with it (the
+batch is redelivered, and its duplicates are not counted again: counters may undercount by at most one batch).
 """
 
 from __future__ import annotations
@@ -22,16 +27,30 @@ class ConsumptionTable:
                                    help="service:outbox_id -> consumed/dead")
         self.counters = app.Table("outbox-consumption-counters", default=dict, partitions=partitions,
                                   help="service:partition -> {status: count}")
+        self._pending: dict[tuple[str, int], dict[str, int]] = {}
 
     def terminal(self, service: str, outbox_id: int) -> str | None:
         value = self.state.get(f"{service}:{outbox_id}")
         return value.get("s") if value else None
 
-    def record(self, service: str, outbox_id: int, status: str) -> None:
+    def record(self, service: str, outbox_id: int, status: str, counted: bool = True) -> None:
+        """Remember the row's terminal status; ``counted``: it became terminal just now (not a duplicate)."""
         self.state.set(f"{service}:{outbox_id}", {"s": status})
-        key = f"{service}:{_current_partition()}"
+        if not counted:
+            return
+        pending = self._pending.setdefault((service, _current_partition()), {})
+        pending[status] = pending.get(status, 0) + 1
+
+    def flush(self, service: str, partition: int) -> None:
+        """Add the buffered counts of (service, partition) to its counters key; call while processing an event of
+        that partition (Faust writes the changelog of the current event's partition)."""
+        pending = self._pending.pop((service, partition), None)
+        if not pending:
+            return
+        key = f"{service}:{partition}"
         counts = dict(self.counters[key])
-        counts[status] = counts.get(status, 0) + 1
+        for status, n in pending.items():
+            counts[status] = counts.get(status, 0) + n
         counts["at"] = time.time()
         self.counters[key] = counts
 

@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from datetime import datetime, timedelta
 
+import aiohttp
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
@@ -108,6 +109,13 @@ async def test_triggers_flow_to_one_post_each_with_retries_duplicates_and_replay
                                                     .group_by(active_schedule_triggers.c.status))).all())
                 previews = (await conn.execute(sa.text("SELECT COUNT(*) FROM active_schedule_previews"))).scalar()
             assert triggers == {"preview_generated": 35} and previews == 35
+            # the consumption counters (Faust table, written once per batch and partition) count each row once
+            async with aiohttp.ClientSession() as http:
+                port = env["SMARTFLOW_WORKER__WEB_PORT"]
+                async with http.get(f"http://127.0.0.1:{port}/outbox/") as response:
+                    consumption = (await response.json())["consumption"]
+            assert consumption["active-scheduler"].get("consumed") == 35, consumption
+            assert consumption["notification"].get("consumed") == 35, consumption
             log = (tmp_path / "worker.log").read_text(errors="replace")
             assert "tok-user-" not in log and "bearer-secret" not in log
         finally:
