@@ -6,13 +6,13 @@ statements per batch instead of several per event, and fall back to one by one w
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 import config
 from agents.dispatch import Dispatcher
+from bench.common import StatementCounter
 from smartflow_streams import clock, metrics
 from smartflow_streams.contracts.envelope import KafkaEnvelope, OutboxEventShell
 from smartflow_streams.db.models import active_schedule_previews, active_schedule_triggers, notification_records
@@ -46,15 +46,6 @@ async def runtime(db):
 def dispatcher(runtime: WorkerRuntime, batched: bool = True) -> Dispatcher:
     runtime.settings.worker.batched_handlers = batched
     return Dispatcher(runtime)
-
-
-class Statements:
-    def __init__(self, engine: Any) -> None:
-        self.count = 0
-        sa.event.listen(engine.sync_engine, "before_cursor_execute", self._on)
-
-    def _on(self, *_args: Any) -> None:
-        self.count += 1
 
 
 async def trigger_events(db, users: range) -> list[Event]:
@@ -102,7 +93,7 @@ async def test_trigger_batch_matches_one_by_one_and_falls_back(db, runtime) -> N
 
 async def test_batch_statements_do_not_grow_with_the_batch(db, runtime) -> None:
     batched_events = await trigger_events(db, range(1, 41))
-    counter = Statements(runtime.engine)
+    counter = StatementCounter(runtime.engine)
     assert await dispatcher(runtime).handle_batch("active-scheduler", batched_events) == ["consumed"] * 40
     batched = counter.count
     single_events = await trigger_events(db, range(41, 61))
