@@ -89,15 +89,6 @@ async def get(session: AsyncSession, record_id: int, *, lock: bool = False) -> R
     return _record(m) if m else None
 
 
-async def find_by_dedupe(session: AsyncSession, dedupe_key: str, *, lock: bool = False) -> Record | None:
-    stmt = (sa.select(records).where(records.c.channel == RECORD_CHANNEL, records.c.dedupe_key == dedupe_key)
-            .order_by(records.c.created_at.desc(), records.c.id.desc()).limit(1))
-    if lock and session.bind.dialect.name != "sqlite":
-        stmt = stmt.with_for_update()
-    m = (await session.execute(stmt)).mappings().first()
-    return _record(m) if m else None
-
-
 def _new_record_values(payload: Any, settings: NotificationSettings, now: datetime) -> dict[str, Any]:
     summary, fallback, fallback_used = normalise_texts(
         payload.summary_text, payload.fallback_text, settings.summary_max_chars)
@@ -112,7 +103,7 @@ def _new_record_values(payload: Any, settings: NotificationSettings, now: dateti
 
 
 async def _latest_by_dedupe(session: AsyncSession, keys: list[str]) -> dict[str, Record]:
-    """dedupe key -> its newest record (as :func:`find_by_dedupe`), locked; keys without one are absent."""
+    """dedupe key -> its newest record (latest ``created_at``, then id), locked; keys without one are absent."""
     if not keys:
         return {}
     stmt = (sa.select(records).where(records.c.channel == RECORD_CHANNEL, records.c.dedupe_key.in_(keys))
