@@ -137,12 +137,12 @@ async def find_or_create_many(
     keys = list(dict.fromkeys(p.dedupe_key for p in payloads))
     found.update(await _latest_by_dedupe(session, keys))
     existed = set(found)
+    first = {p.dedupe_key: p for p in reversed(payloads)}  # the first payload of each key creates its record
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         missing = [k for k in keys if k not in found]
         if not missing:
             break
         now = clock.db_now()
-        first = {p.dedupe_key: p for p in reversed(payloads)}
         try:
             async with session.begin_nested():
                 await session.execute(sa.insert(records), [_new_record_values(first[k], settings, now)

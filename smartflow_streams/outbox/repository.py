@@ -401,6 +401,8 @@ class OutboxRepository:
         ``NOT_FOUND``. Nothing is written."""
         t = self.table
         ids = list(dict.fromkeys(int(i) for i in outbox_ids))
+        if not ids:
+            return {}
         select = sa.select(t.c.id, t.c.status).where(_id_in(t, ids))
         if _dialect(session) != "sqlite":
             select = select.with_for_update()
