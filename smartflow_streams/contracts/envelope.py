@@ -35,7 +35,7 @@ import json
 import re
 from collections.abc import Mapping
 from enum import Enum
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 
@@ -173,6 +173,47 @@ def split_json_object(data: str | bytes | bytearray) -> dict[str, tuple[Any, str
         if index < len(text) and text[index] == "}":
             return _finish_object(text, index + 1, members)
         raise ContractError(f"invalid JSON: expected ',' or '}}' at offset {index}")
+
+
+def _decode_payload_last(text: str) -> tuple[dict[str, Any], str] | None:
+    """Fast path of :func:`split_json_object` for objects whose *last* member is ``"payload"`` (how Go's
+    ``json.Marshal`` and :meth:`OutboxEventShell.to_json` write shells): ``(decoded object, raw payload text)``,
+    or ``None`` when the shape does not match (the caller then takes the general path).
+
+    The whole text is decoded by the C JSON decoder (~10x cheaper than the member-by-member split). The raw
+    payload is found from the right: an occurrence of ``"payload":`` preceded (after whitespace) by ``{`` or
+    ``,`` whose value ends right before the final ``}``. In valid JSON such a quote can only open an object key
+    (a quote inside a string is escaped, and a closing quote cannot be followed by ``payload``), and only a
+    top-level member's value can end right before the final ``}``, so the result equals the general path's.
+    At most 8 candidates are tried (deeper nesting of ``"payload"`` keys takes the general path).
+    """
+    last = len(text) - 1
+    if last < 0 or text[last] != "}":
+        return None
+    try:
+        obj = _DECODER.decode(text)
+    except (ValueError, RecursionError):
+        return None
+    if type(obj) is not dict or "payload" not in obj:
+        return None
+    pos = last
+    for _ in range(8):
+        pos = text.rfind('"payload":', 0, pos)
+        if pos < 1:
+            return None
+        before = pos - 1
+        while before > 0 and text[before] in " \t\n\r":
+            before -= 1
+        if text[before] not in ",{":
+            continue
+        start = _skip_ws(text, pos + 10)
+        try:
+            _, end = _DECODER.raw_decode(text, start)
+        except (ValueError, RecursionError):
+            continue
+        if _skip_ws(text, end) == last:
+            return obj, text[start:end]
+    return None
 
 
 def _finish_object(text: str, index: int, members: dict[str, tuple[Any, str]]) -> dict[str, tuple[Any, str]]:
@@ -364,30 +405,7 @@ class OutboxEventShell(GoWireModel):
 
     @classmethod
     def _parse_text(cls, raw: str | bytes | bytearray) -> Self:
-        """The same rules as the validated path, applied in one pass (the relay parses every row: ~4x faster).
-
-        JSON decoding validates the payload once; string fields must be strings (``null`` = absent, as in Go);
-        fields are trimmed; a blank type or an empty/``null`` payload is rejected; a blank version becomes "v1".
-        """
-        try:
-            members = split_json_object(raw)
-        except ContractError as exc:
-            raise ContractError(f"invalid {cls.__name__}: {exc}") from None
-        fields: dict[str, str] = {}
-        for name in ("event_id", "event_type", "event_version", "aggregate_id"):
-            value = members[name][0] if name in members else None
-            if value is None:
-                value = ""
-            if not isinstance(value, str):
-                raise ContractError(f"invalid {cls.__name__}: {name}: Input should be a valid string")
-            fields[name] = go_trim_space(value)
-        payload = _compact_validated(members["payload"][1]) if "payload" in members else ""
-        if not fields["event_type"]:
-            raise ContractError(f"invalid {cls.__name__}: event type is empty")
-        if payload in ("", "null"):
-            raise ContractError(f"invalid {cls.__name__}: payload is empty")
-        fields["event_version"] = fields["event_version"] or DEFAULT_EVENT_VERSION
-        return cls.model_construct(payload=payload, **fields)
+        return cls.model_construct(**parse_shell_fields(raw)._asdict())
 
     def to_json(self) -> str:
         out = GoObjectWriter()
@@ -397,6 +415,51 @@ class OutboxEventShell(GoWireModel):
         out.string("aggregate_id", self.aggregate_id, omitempty=True)
         out.raw("payload", self.payload)
         return out.text()
+
+
+class ShellFields(NamedTuple):
+    """A validated shell's fields without the model (the relay's hot path builds no pydantic object per row)."""
+
+    event_id: str
+    event_type: str
+    event_version: str
+    aggregate_id: str
+    payload: str
+
+
+def parse_shell_fields(raw: str | bytes | bytearray) -> ShellFields:
+    """Parse shell text with exactly the rules of :meth:`OutboxEventShell.parse`, in one pass (~4x faster).
+
+    JSON decoding validates the payload once; string fields must be strings (``null`` = absent, as in Go);
+    fields are trimmed; a blank type or an empty/``null`` payload is rejected; a blank version becomes "v1".
+    Raises :class:`ContractError` naming ``OutboxEventShell``.
+    """
+    text = _as_text(raw)
+    fast = _decode_payload_last(text)
+    if fast is not None:
+        values, payload_raw = fast
+    else:
+        try:
+            members = split_json_object(text)
+        except ContractError as exc:
+            raise ContractError(f"invalid OutboxEventShell: {exc}") from None
+        values = {key: value for key, (value, _) in members.items()}
+        payload_raw = members["payload"][1] if "payload" in members else None
+    fields: list[str] = []
+    for name in ("event_id", "event_type", "event_version", "aggregate_id"):
+        value = values.get(name)
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise ContractError(f"invalid OutboxEventShell: {name}: Input should be a valid string")
+        fields.append(go_trim_space(value))
+    event_id, event_type, event_version, aggregate_id = fields
+    payload = _compact_validated(payload_raw) if payload_raw is not None else ""
+    if not event_type:
+        raise ContractError("invalid OutboxEventShell: event type is empty")
+    if payload in ("", "null"):
+        raise ContractError("invalid OutboxEventShell: payload is empty")
+    return ShellFields(event_id, event_type, event_version or DEFAULT_EVENT_VERSION, aggregate_id, payload)
 
 
 # -- layer 2: Kafka envelope -------------------------------------------------------------------------------------
@@ -442,7 +505,7 @@ class KafkaEnvelope(GoWireModel):
         )
 
     @staticmethod
-    def relay_bytes(outbox_id: int, shell: OutboxEventShell, service_name: str = "") -> bytes:
+    def relay_bytes(outbox_id: int, shell: OutboxEventShell | ShellFields, service_name: str = "") -> bytes:
         """``from_shell(...).to_json_bytes()`` without re-validating the already-validated shell (the relay's hot
         path: about 4x cheaper per row). Same bytes, by construction: both go through :func:`_envelope_json`."""
         return _envelope_json(outbox_id, go_trim_space(shell.event_id) or str(outbox_id), shell.event_type,
@@ -456,15 +519,19 @@ class KafkaEnvelope(GoWireModel):
 
 def _envelope_json(outbox_id: int, event_id: str, event_type: str, event_version: str, service_name: str,
                    aggregate_id: str, payload: str) -> str:
-    out = GoObjectWriter()
-    out.int("outbox_id", outbox_id)
-    out.string("event_id", event_id, omitempty=True)
-    out.string("event_type", event_type)
-    out.string("event_version", event_version, omitempty=True)
-    out.string("service_name", service_name, omitempty=True)
-    out.string("aggregate_id", aggregate_id, omitempty=True)
-    out.raw("payload", payload)
-    return out.text()
+    # Field order and omitempty of Go's kafka.Envelope; written out by hand (not GoObjectWriter): once per row.
+    parts = ['{"outbox_id":', str(int(outbox_id))]
+    if event_id:
+        parts += (',"event_id":', go_json_string(event_id))
+    parts += (',"event_type":', go_json_string(event_type))
+    if event_version:
+        parts += (',"event_version":', go_json_string(event_version))
+    if service_name:
+        parts += (',"service_name":', go_json_string(service_name))
+    if aggregate_id:
+        parts += (',"aggregate_id":', go_json_string(aggregate_id))
+    parts += (',"payload":', payload or "null", "}")
+    return "".join(parts)
 
 
 def try_outbox_id(data: str | bytes | bytearray) -> int | None:
@@ -516,9 +583,11 @@ __all__ = [
     "check_contract_version",
     "compact_raw_json",
     "describe_validation_error",
+    "ShellFields",
     "go_json_string",
     "go_json_value",
     "go_trim_space",
+    "parse_shell_fields",
     "split_json_object",
     "try_outbox_id",
 ]

@@ -85,3 +85,56 @@ def test_a_recoverable_outbox_id_is_found_in_a_truncated_envelope(outbox_id: int
     raw = f'{{"outbox_id":{outbox_id},"event_type":"x","payl{tail}'
     only_contract_errors(KafkaEnvelope.parse, raw)
     assert try_outbox_id(raw) == outbox_id
+
+
+SHELL_FIELDS = ["event_id", "event_type", "event_version", "aggregate_id", "payload"]
+_WS = st.sampled_from(["", "", " ", "\n  ", "\t"])
+
+
+def _reference_shell_fields(text: str) -> tuple[str, ...] | str:
+    """The general member-by-member path (no fast path), as a tuple or the error text."""
+    from smartflow_streams.contracts.envelope import _compact_validated, go_trim_space, split_json_object
+
+    try:
+        members = split_json_object(text)
+    except ContractError as exc:
+        return f"invalid OutboxEventShell: {exc}"
+    out = []
+    for name in SHELL_FIELDS[:4]:
+        value = members[name][0] if name in members else None
+        value = "" if value is None else value
+        if not isinstance(value, str):
+            return f"invalid OutboxEventShell: {name}: Input should be a valid string"
+        out.append(go_trim_space(value))
+    payload = _compact_validated(members["payload"][1]) if "payload" in members else ""
+    if not out[1]:
+        return "invalid OutboxEventShell: event type is empty"
+    if payload in ("", "null"):
+        return "invalid OutboxEventShell: payload is empty"
+    return (out[0], out[1], out[2] or "v1", out[3], payload)
+
+
+@st.composite
+def shell_texts(draw: st.DrawFn) -> str:
+    """Shell-like objects written with random whitespace, key order, duplicate keys and nested "payload" keys."""
+    keys = draw(st.lists(st.sampled_from(SHELL_FIELDS + ["x"]), max_size=7))
+    nested = st.dictionaries(st.sampled_from(["payload", "a"]), json_values, max_size=3)
+    values = [draw(st.text(max_size=8) if k not in ("payload", "x") else st.one_of(json_values, nested))
+              for k in keys]
+    ws = draw(_WS)
+    sep = draw(st.sampled_from([":", ": ", " :"]))
+    body = ("," + ws).join(f"{json.dumps(k)}{sep}{json.dumps(v, ensure_ascii=draw(st.booleans()))}"
+                           for k, v in zip(keys, values))
+    return "{" + ws + body + draw(_WS) + "}"
+
+
+@FUZZ
+@given(shell_texts())
+def test_shell_fast_path_equals_general_path(text: str) -> None:
+    from smartflow_streams.contracts.envelope import parse_shell_fields
+
+    try:
+        got: tuple[str, ...] | str = tuple(parse_shell_fields(text))
+    except ContractError as exc:
+        got = str(exc)
+    assert got == _reference_shell_fields(text)
