@@ -2,8 +2,10 @@
 
 Invariants:
 - acks=all and keyed partitioning (murmur2 on ``message_key``, as Apache Kafka's Java client), so one user's
-  events land on one partition. aiokafka keeps at most one in-flight batch per partition, so the order of
-  ``send()`` calls for one key is the order on the partition.
+  events land on one partition. Messages are appended to one batch per partition in row order and aiokafka keeps
+  at most one in-flight batch per partition, so the order of rows of one key is the order on the partition.
+- Failures say whether a retry helps (:class:`DeliveryFailure`): only errors about the message itself (bigger
+  than ``max_request_size``, corrupt) are permanent; the relay dead-letters those at once and retries the rest.
 - No idempotent or transactional producer (Tansu rejects InitProducerId v0; infra-notes 1.4): delivery is
   at-least-once and consumers dedupe by outbox id.
 - :meth:`KafkaPublisher.publish` never waits longer than ``publish_timeout_seconds`` (10 s): what is not
@@ -13,17 +15,36 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    CorruptRecordException, MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError,
+)
+from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from config import Settings
 
 log = logging.getLogger(__name__)
+
+
+MAX_REQUEST_SIZE = 1_048_576
+"""aiokafka's default ``max_request_size`` (the producer keeps it); a bigger message can never be delivered."""
+
+
+@dataclass(frozen=True)
+class DeliveryFailure:
+    """Why a message was not acknowledged; ``retriable`` says whether sending it again can help."""
+
+    reason: str
+    retriable: bool
 
 
 @dataclass(frozen=True)
@@ -73,41 +94,114 @@ class KafkaPublisher:
             self._producer = producer
             return True
 
-    async def publish(self, messages: Sequence[OutgoingMessage]) -> dict[int, str]:
-        """Send all messages and wait for acks; returns ``{row_id: error}`` for those not acknowledged."""
+    async def publish(
+        self, messages: Sequence[OutgoingMessage], enqueued: asyncio.Event | None = None,
+    ) -> dict[int, DeliveryFailure]:
+        """Send all messages and wait for acks; returns ``{row_id: failure}`` for those not acknowledged.
+
+        Messages go out through aiokafka's batch API: one ``BatchBuilder`` per partition (filled in the given
+        order, murmur2 of the key as the default partitioner), closed and submitted at once, one future per
+        partition batch instead of one per message (about 3x less producer CPU per row than ``send()``).
+        A message larger than the producer's ``max_request_size`` is a permanent failure on its own; when a
+        whole partition batch fails with a non-retriable error, its messages are sent once more one per batch so
+        only the culprit is classified permanent and its batch-mates are delivered.
+        """
+        try:
+            return await self._publish(messages, enqueued)
+        finally:
+            if enqueued is not None:
+                enqueued.set()
+
+    async def _publish(
+        self, messages: Sequence[OutgoingMessage], enqueued: asyncio.Event | None,
+    ) -> dict[int, DeliveryFailure]:
         if not messages:
             return {}
         producer = self._producer
         if producer is None:
-            return {m.row_id: "kafka producer not ready" for m in messages}
+            return {m.row_id: DeliveryFailure("kafka producer not ready", True) for m in messages}
         timeout = self.settings.relay.publish_timeout_seconds
-        failed: dict[int, str] = {}
-        futures: dict[int, asyncio.Future] = {}
+        failed: dict[int, DeliveryFailure] = {}
+        sendable: list[OutgoingMessage] = []
+        for m in messages:
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(m.key, m.value, m.headers)
+            if size > MAX_REQUEST_SIZE:
+                failed[m.row_id] = DeliveryFailure(
+                    f"Kafka message of {size} bytes exceeds max_request_size {MAX_REQUEST_SIZE}", False)
+            else:
+                sendable.append(m)
+        batches = await self._deliver(producer, sendable, timeout, failed, enqueued=enqueued)
+        retry_alone = [m for batch, exc in batches if len(batch) > 1 and not _retriable(exc) for m in batch]
+        for batch, exc in batches:
+            if exc is not None and not (len(batch) > 1 and not _retriable(exc)):
+                for m in batch:
+                    failed[m.row_id] = DeliveryFailure(_reason(exc, timeout), _retriable(exc))
+        if retry_alone:
+            for batch, exc in await self._deliver(producer, retry_alone, timeout, failed, one_per_batch=True):
+                if exc is not None:
+                    failed[batch[0].row_id] = DeliveryFailure(_reason(exc, timeout), _retriable(exc))
+        if any(f.retriable for f in failed.values()):
+            await self._reset_if_broken()
+        return failed
+
+    async def _deliver(
+        self, producer: AIOKafkaProducer, messages: Sequence[OutgoingMessage], timeout: float,
+        failed: dict[int, DeliveryFailure], *, one_per_batch: bool = False, enqueued: asyncio.Event | None = None,
+    ) -> list[tuple[list[OutgoingMessage], BaseException | None]]:
+        """Submit ``messages`` as partition batches and wait up to ``timeout`` for their acks; returns each batch
+        with its exception (``None`` = acknowledged). Messages never submitted are added to ``failed``.
+        ``enqueued`` is set once every batch is in the accumulator (a later publish may then start: per-partition
+        order is the order of submission)."""
+        submitted: list[tuple[list[OutgoingMessage], asyncio.Future]] = []
+
+        async def submit(topic: str, partition: int, builder: BatchBuilder, batch: list[OutgoingMessage]) -> None:
+            builder.close()  # a closed batch does not linger: it is sent on the next sender pass
+            submitted.append((batch, await producer.send_batch(builder, topic, partition=partition)))
 
         async def enqueue_all() -> None:
+            partitions: dict[str, list[int]] = {}
+            open_batches: dict[tuple[str, int], tuple[BatchBuilder, list[OutgoingMessage]]] = {}
             for m in messages:
-                futures[m.row_id] = await producer.send(m.topic, m.value, key=m.key, headers=m.headers)
+                if m.topic not in partitions:
+                    partitions[m.topic] = sorted(await producer.partitions_for(m.topic))
+                tp = (m.topic, partition_for(m.key, partitions[m.topic]))
+                builder, batch = open_batches.get(tp) or (None, [])
+                if builder is None or builder.append(timestamp=None, key=m.key, value=m.value,
+                                                     headers=m.headers) is None:
+                    if builder is not None:
+                        await submit(*tp, builder, batch)
+                    builder, batch = producer.create_batch(), []
+                    builder.append(timestamp=None, key=m.key, value=m.value, headers=m.headers)
+                batch.append(m)
+                if one_per_batch:
+                    await submit(*tp, builder, batch)
+                    open_batches.pop(tp, None)
+                else:
+                    open_batches[tp] = (builder, batch)
+            for tp, (builder, batch) in open_batches.items():
+                await submit(*tp, builder, batch)
 
         try:
             await asyncio.wait_for(enqueue_all(), timeout)
-            done, pending = await asyncio.wait(futures.values(), timeout=timeout)
-        except Exception as exc:  # noqa: BLE001 - classify per message below
-            reason = f"Kafka delivery failed: {type(exc).__name__}: {exc}"
-            return {m.row_id: reason for m in messages if m.row_id not in futures or not futures[m.row_id].done()
-                    or futures[m.row_id].exception() is not None}
-        for row_id, fut in futures.items():
-            if fut in pending:
+        except Exception as exc:  # noqa: BLE001 - classified per message below
+            sent = {m.row_id for batch, _ in submitted for m in batch}
+            for m in messages:
+                if m.row_id not in sent:
+                    failed[m.row_id] = DeliveryFailure(f"Kafka delivery not attempted: {type(exc).__name__}: {exc}",
+                                                       True)
+        if enqueued is not None:
+            enqueued.set()
+        if not submitted:
+            return []
+        done, _ = await asyncio.wait([f for _, f in submitted], timeout=timeout)
+        out: list[tuple[list[OutgoingMessage], BaseException | None]] = []
+        for batch, fut in submitted:
+            if fut not in done:
                 fut.cancel()
-                failed[row_id] = f"Kafka delivery timed out after {timeout:g} s"
-            elif fut.exception() is not None:
-                exc = fut.exception()
-                failed[row_id] = f"Kafka delivery failed: {type(exc).__name__}: {exc}"
-        for m in messages:
-            if m.row_id not in futures:
-                failed[m.row_id] = "Kafka delivery not attempted"
-        if failed:
-            await self._reset_if_broken()
-        return failed
+                out.append((batch, asyncio.TimeoutError()))
+            else:
+                out.append((batch, fut.exception()))
+        return out
 
     async def _reset_if_broken(self) -> None:
         # After a delivery failure recreate the producer on the next batch: aiokafka recovers on its own from
@@ -122,6 +216,32 @@ class KafkaPublisher:
             producer, self._producer = self._producer, None
         if producer is not None:
             await _stop_quietly(producer)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _key_hash(key: bytes) -> int:
+    return murmur2(key) & 0x7FFFFFFF
+
+
+def partition_for(key: bytes, partitions: Sequence[int]) -> int:
+    """Apache Kafka's default partitioner (murmur2 of the key, as aiokafka's ``DefaultPartitioner``); the hash is
+    cached per key (65,536 keys, ~6 MiB) because one user's events repeat their key."""
+    return partitions[_key_hash(key) % len(partitions)]
+
+
+# Errors about the message itself: sending the same bytes again cannot succeed. Everything else (timeouts,
+# connections, leadership, also authorisation and unknown topics, which an operator can fix) is retried with backoff.
+_MESSAGE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError, CorruptRecordException)
+
+
+def _retriable(exc: BaseException | None) -> bool:
+    return not isinstance(exc, _MESSAGE_ERRORS)
+
+
+def _reason(exc: BaseException | None, timeout: float) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"Kafka delivery timed out after {timeout:g} s"
+    return f"Kafka delivery failed: {type(exc).__name__}: {exc}"
 
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:

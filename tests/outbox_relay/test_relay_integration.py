@@ -142,6 +142,12 @@ async def test_poison_and_legacy_rows(db, kafka_bootstrap, tmp_path) -> None:
             await conn.execute(sa.insert(t).values(biz_type=EVENT, service_name="notification", topic=topic,
                                                    message_key="1", payload=payload, status="pending",
                                                    next_retry_at=sa.literal_column("'2000-01-01 00:00:00'")))
+        # valid but bigger than Kafka's max_request_size (1 MiB): dead at once, its batch-mates still delivered
+        await conn.execute(sa.insert(t).values(biz_type=EVENT, service_name="notification", topic=topic,
+                                               message_key="1", payload=json.dumps(
+                                                   {"event_type": EVENT, "payload": {"blob": "x" * 1_100_000}}),
+                                               status="pending", next_retry_at=sa.literal_column(
+                                                   "'2000-01-01 00:00:00'")))
         # a legacy row: no service_name, written before service-level routing
         await conn.execute(sa.insert(t).values(biz_type=EVENT, service_name="", topic="smartflow.agent.outbox",
                                                message_key="9", payload=json.dumps(
@@ -151,13 +157,16 @@ async def test_poison_and_legacy_rows(db, kafka_bootstrap, tmp_path) -> None:
     async with TopicReader(kafka_bootstrap, [topic]) as reader:
         proc = spawn_relay(relay_env(db, kafka_bootstrap, topic), tmp_path / "relay.log")
         try:
-            await wait_for(lambda: _all(db, repo, "dead", 3), 30, what="poison rows dead")
+            await wait_for(lambda: _all(db, repo, "dead", 4), 30, what="poison rows dead")
             await reader.wait_count(4, 30)
         finally:
             terminate(proc)
     async with db.engine.connect() as conn:
-        dead = (await conn.execute(sa.select(t.c.last_error).where(t.c.status == "dead"))).scalars().all()
-    assert len(dead) == 3 and all(e.startswith("failed to parse outbox event shell") for e in dead)
+        dead = (await conn.execute(sa.select(t.c.last_error, t.c.retry_count).where(t.c.status == "dead")
+                                   .order_by(t.c.id))).all()
+    assert len(dead) == 4 and all(e.startswith("failed to parse outbox event shell") for e, _ in dead[:3])
+    assert "exceeds max_request_size" in dead[3][0] and dead[3][1] == 0, dead[3]  # not retried: it cannot succeed
+    assert (await status_counts(db, repo)).get("published") == 4  # 3 rows + the legacy row, none held back
     legacy = [json.loads(r.value) for r in reader.records if r.key == b"9"]
     assert legacy and legacy[0]["service_name"] == "notification" and legacy[0]["event_version"] == "v1"
 
