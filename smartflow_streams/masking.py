@@ -8,6 +8,7 @@ fragment are dropped.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 import threading
@@ -40,6 +41,10 @@ def mask_database_url(url: str) -> str:
 
 def mask_token(token: str | None) -> str:
     return "****" if token else ""
+
+
+def _longest_first(secret: str) -> int:
+    return -len(secret)
 
 
 class SecretRegistry:
@@ -75,9 +80,8 @@ class SecretRegistry:
             if secret in self._secrets:
                 self._secrets.move_to_end(secret)
             else:
-                bucket = self._index.setdefault(secret[: self._KEY], [])
-                bucket.append(secret)
-                bucket.sort(key=len, reverse=True)
+                # longest first; insort keeps a bucket of n secrets sharing a prefix O(n) per add, not O(n log n)
+                bisect.insort(self._index.setdefault(secret[: self._KEY], []), secret, key=_longest_first)
             self._secrets[secret] = replacement or "****"
             if pin:
                 self._pinned.add(secret)
