@@ -56,11 +56,17 @@ async def count_published(engine) -> int:  # type: ignore[no-untyped-def]
         return int((await conn.execute(sa.select(sa.func.count()).where(TABLE.c.status == "published"))).scalar())
 
 
-async def raw_producer(bootstrap: str, topic: str, n: int) -> float:
+async def _raw_setup(bootstrap: str, n: int) -> tuple[list[tuple[bytes, bytes]], AIOKafkaProducer]:
+    """n (key, envelope) pairs like the relay's and a started producer with the relay's settings."""
     envelopes = [(str(i % 500).encode(), KafkaEnvelope.from_shell(i + 1, OutboxEventShell.parse(_shell(i)),
                                                                    "notification").to_json_bytes()) for i in range(n)]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1_048_576)
     await producer.start()
+    return envelopes, producer
+
+
+async def raw_producer(bootstrap: str, topic: str, n: int) -> float:
+    envelopes, producer = await _raw_setup(bootstrap, n)
     try:
         started = time.perf_counter()
         futures = []
@@ -78,10 +84,7 @@ async def raw_producer_batches(bootstrap: str, topic: str, n: int) -> float:
     """The same messages through aiokafka's batch API (one BatchBuilder per partition, as the relay sends)."""
     from outbox_relay.producer import partition_for
 
-    envelopes = [(str(i % 500).encode(), KafkaEnvelope.from_shell(i + 1, OutboxEventShell.parse(_shell(i)),
-                                                                   "notification").to_json_bytes()) for i in range(n)]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1_048_576)
-    await producer.start()
+    envelopes, producer = await _raw_setup(bootstrap, n)
     try:
         partitions = sorted(await producer.partitions_for(topic))
         started = time.perf_counter()
