@@ -81,14 +81,6 @@ def retry_delay(attempt_count: int, settings: NotificationSettings) -> timedelta
     return timedelta(seconds=min(settings.base_delay_seconds * 2 ** (n - 1), settings.max_delay_seconds))
 
 
-async def get(session: AsyncSession, record_id: int, *, lock: bool = False) -> Record | None:
-    stmt = sa.select(records).where(records.c.id == record_id)
-    if lock and session.bind.dialect.name != "sqlite":
-        stmt = stmt.with_for_update()
-    m = (await session.execute(stmt)).mappings().first()
-    return _record(m) if m else None
-
-
 def _new_record_values(payload: Any, settings: NotificationSettings, now: datetime) -> dict[str, Any]:
     summary, fallback, fallback_used = normalise_texts(
         payload.summary_text, payload.fallback_text, settings.summary_max_chars)
@@ -168,28 +160,16 @@ async def find_or_create_many(
     return out
 
 
-async def find_or_create(session: AsyncSession, payload: Any, settings: NotificationSettings) -> tuple[Record, bool]:
-    """:func:`find_or_create_many` of one."""
-    return (await find_or_create_many(session, [payload], settings))[0]
-
-
-async def claim(
-    session: AsyncSession, rec: Record, settings: NotificationSettings, *, honour_retry_time: bool = True
-) -> str | None:
-    """Conditionally move the record to ``sending``; returns the new send token, or None if another won.
+async def claim_many(
+    session: AsyncSession, ids: list[int], settings: NotificationSettings, *, honour_retry_time: bool = True
+) -> tuple[str, int]:
+    """Conditionally move records to ``sending`` in one UPDATE with one shared send token; returns ``(token, rows
+    claimed)``. The claimed records are those whose ``send_token`` is now ``token`` (read them back in the same
+    transaction); another claimer wins the others.
 
     Claimable: ``pending``; ``failed`` whose ``next_retry_at`` is due (or any ``failed`` when
     ``honour_retry_time`` is False); ``sending`` whose lease expired. The attempt is counted here.
     """
-    token, claimed = await claim_many(session, [rec.id], settings, honour_retry_time=honour_retry_time)
-    return token if claimed == 1 else None
-
-
-async def claim_many(
-    session: AsyncSession, ids: list[int], settings: NotificationSettings, *, honour_retry_time: bool = True
-) -> tuple[str, int]:
-    """:func:`claim` for many records in one UPDATE with one shared send token; returns ``(token, rows claimed)``.
-    The claimed records are those whose ``send_token`` is now ``token`` (read them back in the same transaction)."""
     now = clock.db_now()
     stale_before = now - timedelta(seconds=settings.sending_lease_seconds)
     failed_due = records.c.status == "failed"
@@ -219,7 +199,7 @@ async def get_many(session: AsyncSession, ids: list[int]) -> dict[int, Record]:
 
 
 def claimable(rec: Record, settings: NotificationSettings) -> bool:
-    """What :func:`claim` (honouring the retry time) would accept, judged on a row the caller holds locked."""
+    """What :func:`claim_many` (honouring the retry time) would accept, judged on a row the caller holds locked."""
     now = clock.db_now()
     if rec.status == "pending":
         return True
@@ -266,17 +246,11 @@ def _outcome_values(rec: Record, result: SendResult, settings: NotificationSetti
     return values
 
 
-async def apply_outcome(
-    session: AsyncSession, rec: Record, token: str, result: SendResult, settings: NotificationSettings
-) -> str | None:
-    """Write the provider outcome; returns the new status, or None when the token no longer holds the record."""
-    return (await apply_outcomes(session, [(rec, result)], token, settings))[rec.id]
-
-
 async def apply_outcomes(
     session: AsyncSession, outcomes: list[tuple[Record, SendResult]], token: str, settings: NotificationSettings
 ) -> dict[int, str | None]:
-    """:func:`apply_outcome` for records claimed with one ``token``: one executemany UPDATE per outcome shape
+    """Write provider outcomes for records claimed with one ``token``; returns ``{id: new status}``, ``None`` for a
+    record the token no longer holds. One executemany UPDATE per outcome shape
     (usually one: all ``sent``), each row guarded by ``status = 'sending' AND send_token = token``. When fewer rows
     changed than were sent (a lease expired and another sender re-claimed), the statuses are read back."""
     now = clock.db_now()
@@ -314,10 +288,6 @@ async def list_due(session: AsyncSession, settings: NotificationSettings, limit:
         .order_by(records.c.next_retry_at, records.c.id).limit(limit)
     )
     return [int(i) for i in (await session.execute(stmt)).scalars()]
-
-
-async def load_channel(session: AsyncSession, user_id: int) -> ChannelConfig | None:
-    return (await load_channels(session, [user_id])).get(user_id)
 
 
 async def load_channels(session: AsyncSession, user_ids: list[int]) -> dict[int, ChannelConfig]:

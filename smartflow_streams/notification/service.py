@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -171,30 +171,22 @@ class NotificationService:
     ) -> None:
         """One chunk of :meth:`handle_requested_many`: claim, POST, record. A record another sender claimed since
         the batch transaction gives its items :class:`LeaseHeldError` (retry later)."""
-        async with self.sessions() as session, session.begin():
-            token, _count = await records.claim_many(session, record_ids, self.cfg)
-            recs = {i: r for i, r in (await records.get_many(session, record_ids)).items()
-                    if r.row["send_token"] == token}
-            channels = await records.load_channels(session, [int(r.row["user_id"]) for r in recs.values()])
+        async def consume(session: AsyncSession, outcomes: list[tuple[records.Record, SendResult]]) -> None:
+            await repo.mark_consumed(session, [items[i][0] for rec, _r in outcomes for i in waiting[rec.id]])
+
+        recs, sent, statuses = await self._claim_send_record(record_ids, consume)
         for record_id in record_ids:
             if record_id not in recs:
                 for i in waiting[record_id]:
                     results[i] = LeaseHeldError(f"notification {record_id} was claimed by another sender")
-        sent = await self._send_many(list(recs.values()), channels)
         outcomes = [(recs[record_id], result) for record_id, result in sent.items()
                     if not isinstance(result, Exception)]
         for record_id, result in sent.items():
             if isinstance(result, Exception):  # the record stays `sending`; the scanner resends after the lease
                 for i in waiting[record_id]:
                     results[i] = result
-        if not outcomes:
-            return
-        async with self.sessions() as session, session.begin():
-            statuses = await records.apply_outcomes(session, outcomes, token, self.cfg)
-            await repo.mark_consumed(session, [items[i][0] for rec, _r in outcomes for i in waiting[rec.id]])
         for rec, _result in outcomes:
             status = statuses[rec.id] or "superseded"
-            metrics.notifications.labels(status).inc()
             for n, i in enumerate(waiting[rec.id]):
                 if status in records.TERMINAL:
                     remember.append((i, rec.dedupe_key, status))
@@ -204,6 +196,32 @@ class NotificationService:
                 log.info("notification.feishu.requested consumed: outbox_id=%d notification_id=%d status=%s "
                          "delivered=%s reused=%s attempt_count=%d", items[i][0], rec.id, status,
                          results[i].delivered, results[i].reused, rec.attempt_count)
+
+    async def _claim_send_record(
+        self, record_ids: list[int],
+        in_outcome_tx: Callable[[AsyncSession, list[tuple[records.Record, SendResult]]], Awaitable[None]] | None = None,
+    ) -> tuple[dict[int, records.Record], dict[int, SendResult | Exception], dict[int, str | None]]:
+        """Claim ``record_ids`` (one UPDATE, one token; those another sender holds are left out), POST them
+        (:meth:`_send_many`) and write the outcomes in one transaction, together with ``in_outcome_tx``. Returns
+        the claimed records, each one's send result (or the exception its send raised: it stays ``sending`` and is
+        re-sent after its lease) and the statuses written (``None``: another sender superseded this one)."""
+        async with self.sessions() as session, session.begin():
+            token, _count = await records.claim_many(session, record_ids, self.cfg)
+            recs = {i: r for i, r in (await records.get_many(session, record_ids)).items()
+                    if r.row["send_token"] == token}
+            channels = await records.load_channels(session, [int(r.row["user_id"]) for r in recs.values()])
+        sent = await self._send_many(list(recs.values()), channels)
+        outcomes = [(recs[record_id], result) for record_id, result in sent.items()
+                    if not isinstance(result, Exception)]
+        if not outcomes:
+            return recs, sent, {}
+        async with self.sessions() as session, session.begin():
+            statuses = await records.apply_outcomes(session, outcomes, token, self.cfg)
+            if in_outcome_tx is not None:
+                await in_outcome_tx(session, outcomes)
+        for rec, _result in outcomes:
+            metrics.notifications.labels(statuses[rec.id] or "superseded").inc()
+        return recs, sent, statuses
 
     async def _send_many(self, recs: list[records.Record],
                          channels: dict[int, ChannelConfig]) -> dict[int, SendResult | Exception]:
@@ -235,43 +253,37 @@ class NotificationService:
         return result
 
     async def retry_due(self, limit: int | None = None) -> ScanStats:
-        """One retry-scanner pass: failed-and-due and stale-sending records, each claimed then sent."""
+        """One retry-scanner pass: failed-and-due and stale-sending records (``retry_batch_size``, 50, oldest due
+        first), claimed, POSTed and recorded in chunks of ``worker.max_in_flight`` (16) through the same path as
+        the event handler: ~5 statements per chunk instead of 5 per record. A chunk that fails (DB down) is
+        counted in ``errors`` and left to the next pass; records it claimed are re-sent after their lease."""
         stats = ScanStats()
         async with self.sessions() as session:
             ids = await records.list_due(session, self.cfg, limit or self.cfg.retry_batch_size)
         stats.scanned = len(ids)
-        for record_id in ids:
+        chunk = max(1, self.settings.worker.max_in_flight)
+        for start in range(0, len(ids), chunk):
             try:
-                status = await self.retry_one(record_id)
-            except Exception as exc:  # noqa: BLE001 - one bad record must not stop the batch
+                _recs, sent, statuses = await self._claim_send_record(ids[start:start + chunk])
+            except Exception as exc:  # noqa: BLE001 - one bad chunk must not stop the pass
                 stats.errors += 1
                 stats.first_error = stats.first_error or f"{type(exc).__name__}: {exc}"
                 continue
-            if status is None:
-                continue
-            stats.claimed += 1
-            stats.by_status[status] = stats.by_status.get(status, 0) + 1
-            if hasattr(stats, status):
-                setattr(stats, status, getattr(stats, status) + 1)
+            for record_id, result in sent.items():
+                if isinstance(result, Exception):
+                    stats.errors += 1
+                    stats.first_error = stats.first_error or f"{type(result).__name__}: {result}"
+                    continue
+                status = statuses.get(record_id)
+                if status is None:
+                    continue
+                stats.claimed += 1
+                stats.by_status[status] = stats.by_status.get(status, 0) + 1
+                if hasattr(stats, status):
+                    setattr(stats, status, getattr(stats, status) + 1)
         if stats.scanned:
             log.info("notification retry scan: scanned=%d claimed=%d sent=%d failed=%d dead=%d skipped=%d errors=%d",
                      stats.scanned, stats.claimed, stats.sent, stats.failed, stats.dead, stats.skipped, stats.errors)
         return stats
 
-    async def retry_one(self, record_id: int) -> str | None:
-        async with self.sessions() as session, session.begin():
-            rec = await records.get(session, record_id, lock=True)
-            if rec is None:
-                return None
-            token = await records.claim(session, rec, self.cfg)
-            if token is None:
-                return None
-            rec = await records.get(session, record_id)
-            channel = await records.load_channel(session, rec.row["user_id"])
-        result = await self._send(channel, records.build_request(rec))
-        async with self.sessions() as session, session.begin():
-            status = await records.apply_outcome(session, rec, token, result, self.cfg)
-        if status:
-            metrics.notifications.labels(status).inc()
-        return status
 

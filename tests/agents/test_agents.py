@@ -175,6 +175,31 @@ async def test_5xx_then_retry_scanner_sends(db, worker) -> None:
         assert (stats.claimed, stats.sent) == (1, 1) and len(feishu.posts) == 2
 
 
+async def test_retry_scanner_sends_due_records_in_chunks(db, worker) -> None:
+    """20 failed records (two chunks of worker.max_in_flight=16): one pass sends all of them with a few statements
+    per chunk; a record whose webhook fails again goes back to `failed` with its next attempt counted."""
+    from bench.common import StatementCounter
+
+    users = range(101, 121)
+    async with FakeFeishu(script={n: (500, {"error": "down"}, 0.0) for n in range(1, 21)},
+                          per_user={120: [(500, {"error": "still down"}, 0.0)] * 2}) as feishu:
+        for user_id in users:
+            await channel(db, user_id, feishu.url(user_id))
+            _oid, value = await enqueue(db, NOTIFY, notification_payload(user_id))
+            assert await put(worker, "notification", value, str(user_id).encode()) == "consumed"
+        assert len(feishu.posts) == 20
+        clock.set_offset(timedelta(minutes=5, seconds=1))
+        runtime = worker.smartflow_runtime
+        counter = StatementCounter(runtime.engine)
+        stats = await runtime.notifications.retry_due()
+        assert (stats.scanned, stats.claimed, stats.sent, stats.failed, stats.errors) == (20, 20, 19, 1, 0)
+        assert len(feishu.posts) == 40 and counter.count <= 16, counter.count  # one at a time it was 5 per record: 100
+    async with db.engine.connect() as conn:
+        recs = dict((await conn.execute(sa.select(notification_records.c.user_id, notification_records.c.status)
+                                        .where(notification_records.c.attempt_count == 2))).all())
+    assert len(recs) == 20 and recs.pop(120) == "failed" and set(recs.values()) == {"sent"}
+
+
 async def test_fresh_sending_lease_sends_the_row_to_retry(db, worker) -> None:
     async with FakeFeishu() as feishu:
         await channel(db, 7, feishu.url(7))
