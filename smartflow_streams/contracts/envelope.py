@@ -216,6 +216,28 @@ def _decode_payload_last(text: str) -> tuple[dict[str, Any], str] | None:
     return None
 
 
+def _decode_fast(text: str, raw_fields: frozenset[str]) -> dict[str, Any] | None:
+    """What ``split_json_object`` + keeping the raw text of ``raw_fields`` gives, through the C decoder: for models
+    without raw fields, and for those whose only raw field is a last ``"payload"`` (:func:`_decode_payload_last`).
+    ``None``: take the general path (also for invalid input, so errors read the same)."""
+    if not raw_fields:
+        try:
+            obj = _DECODER.decode(text)
+        except (ValueError, RecursionError):
+            return None
+        return obj if type(obj) is dict else None
+    if raw_fields == _PAYLOAD_ONLY:
+        fast = _decode_payload_last(text)
+        if fast is not None:
+            obj, payload_raw = fast
+            obj["payload"] = payload_raw
+            return obj
+    return None
+
+
+_PAYLOAD_ONLY = frozenset({"payload"})
+
+
 def _finish_object(text: str, index: int, members: dict[str, tuple[Any, str]]) -> dict[str, tuple[Any, str]]:
     if _skip_ws(text, index) != len(text):
         raise ContractError(f"invalid JSON: extra data after the object at offset {index}")
@@ -341,11 +363,16 @@ class GoWireModel(BaseModel):
                 key: (go_json_value(value) if key in cls._raw_fields else value) for key, value in raw.items()
             }
         else:
-            try:
-                members = split_json_object(raw)
-            except ContractError as exc:
-                raise ContractError(f"invalid {cls.__name__}: {exc}") from None
-            data = {key: (text if key in cls._raw_fields else value) for key, (value, text) in members.items()}
+            text = _as_text(raw)
+            fast = _decode_fast(text, cls._raw_fields)
+            if fast is not None:
+                data = fast
+            else:
+                try:
+                    members = split_json_object(text)
+                except ContractError as exc:
+                    raise ContractError(f"invalid {cls.__name__}: {exc}") from None
+                data = {key: (text if key in cls._raw_fields else value) for key, (value, text) in members.items()}
         return cls(**{str(key): value for key, value in data.items()})
 
     def to_json(self) -> str:  # pragma: no cover - every subclass overrides

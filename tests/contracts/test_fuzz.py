@@ -138,3 +138,53 @@ def test_shell_fast_path_equals_general_path(text: str) -> None:
     except ContractError as exc:
         got = str(exc)
     assert got == _reference_shell_fields(text)
+
+
+_TYPED = {"outbox_id": st.integers(min_value=1, max_value=2**63 - 1), "user_id": st.integers(1, 10**9),
+          "target_id": st.integers(0, 10**9), "fallback_used": st.booleans(), "is_mock_time": st.booleans()}
+
+
+@st.composite
+def object_texts(draw: st.DrawFn, fields: list[str]) -> str:
+    """Objects with a contract's field names (plus nested "payload" keys), random whitespace and key order; values
+    mostly of the right JSON type (so many parse), sometimes anything."""
+    keys = [k for k in draw(st.permutations(fields)) if draw(st.integers(0, 7))]  # each field kept 7 times in 8
+    keys += draw(st.lists(st.sampled_from(fields + ["x"]), max_size=2))  # unknown keys and duplicates
+    if "payload" in keys and draw(st.booleans()):  # where Go writes it
+        keys = [k for k in keys if k != "payload"] + ["payload"]
+    nested = st.dictionaries(st.sampled_from(["payload", "a"]), json_values, max_size=3)
+    ws = draw(_WS)
+
+    def value(key: str) -> Any:
+        if draw(st.integers(0, 9)) == 0:
+            return draw(st.one_of(json_values, nested))
+        if key == "payload":
+            return draw(nested)
+        return draw(_TYPED.get(key, st.text(max_size=10)))
+
+    body = ("," + ws).join(f"{json.dumps(k)}:{ws}{json.dumps(value(k), ensure_ascii=draw(st.booleans()))}"
+                           for k in keys)
+    return "{" + ws + body + "}"
+
+
+def _outcome(parse: Any, text: str) -> Any:
+    try:
+        return parse(text).model_dump()
+    except ContractError as exc:
+        return str(exc)
+
+
+@FUZZ
+@given(st.data())
+def test_model_fast_decode_equals_general_path(data: st.DataObject) -> None:
+    from unittest import mock
+
+    from smartflow_streams.contracts import envelope
+
+    model, fields = data.draw(st.sampled_from([(KafkaEnvelope, ENVELOPE_FIELDS),
+                                               (ActiveScheduleTriggeredPayload, TRIGGER_FIELDS),
+                                               (FeishuNotificationRequestedPayload, NOTIFY_FIELDS)]))
+    text = data.draw(object_texts(fields))
+    fast = _outcome(model.parse, text)
+    with mock.patch.object(envelope, "_decode_fast", return_value=None):
+        assert fast == _outcome(model.parse, text)
