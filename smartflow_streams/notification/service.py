@@ -14,8 +14,9 @@ At most one POST per dedupe key is in flight at any time (the claim), and none a
 event, replays and concurrent workers all meet the claim or a terminal status. A worker killed between 1 and 3
 leaves ``sending``; after the 10-minute lease the scanner sends again. That second POST is the one duplicate per
 dedupe key this design can produce (the first may have reached Feishu before the crash); Feishu has no idempotency
-key. A worker runs at most ``worker.max_in_flight`` (16) sends per agent at once, which bounds how many keys one
-``kill -9`` can duplicate.
+key. A worker runs at most ``worker.max_in_flight`` (16) sends per agent at once, and as many in its retry
+scanner (which sends its due records in chunks of that size through the same claim/POST/record core), which bounds
+how many keys one ``kill -9`` can duplicate.
 
 Deliberate difference from upstream: a duplicate event does not resend a ``failed`` record before its
 ``next_retry_at`` (upstream resent at once, defeating the backoff).
