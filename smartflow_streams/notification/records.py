@@ -114,18 +114,16 @@ async def find_or_create_many(
     """For each payload its record (by ``notification_id``, then dedupe key) and whether it was ``reused``; missing
     records are created ``pending``. All returned records are locked until the transaction ends.
 
-    Cost: 1 SELECT for all dedupe keys, 1 multi-row INSERT and 1 SELECT for the missing ones (plus 1 SELECT per
-    payload carrying a ``notification_id``). Payloads sharing a dedupe key share the record: the first one
+    Cost: 1 SELECT for all dedupe keys, 1 multi-row INSERT and 1 SELECT for the missing ones (plus 1 SELECT for
+    the payloads carrying a ``notification_id``, if any). Payloads sharing a dedupe key share the record: the first one
     creates it, the later ones are ``reused``. A concurrent creator's unique-index win (``uk_notification_dedupe``)
     rolls back a savepoint and the winners are read instead (at most 3 rounds).
     """
     found: dict[str, Record] = {}
-    by_id: dict[int, Record] = {}
-    for payload in payloads:
-        if payload.notification_id and payload.notification_id > 0:
-            rec = await get(session, payload.notification_id, lock=True)
-            if rec and rec.row["channel"] == RECORD_CHANNEL and rec.dedupe_key == payload.dedupe_key:
-                by_id[payload.notification_id] = rec
+    named = await get_many(session, [p.notification_id for p in payloads if (p.notification_id or 0) > 0], lock=True)
+    by_id = {p.notification_id: named[p.notification_id] for p in payloads
+             if p.notification_id in named and named[p.notification_id].row["channel"] == RECORD_CHANNEL
+             and named[p.notification_id].dedupe_key == p.dedupe_key}
     keys = list(dict.fromkeys(p.dedupe_key for p in payloads))
     found.update(await _latest_by_dedupe(session, keys))
     existed = set(found)
@@ -191,11 +189,14 @@ async def claim_many(
     return token, int(result.rowcount or 0)
 
 
-async def get_many(session: AsyncSession, ids: list[int]) -> dict[int, Record]:
+async def get_many(session: AsyncSession, ids: list[int], *, lock: bool = False) -> dict[int, Record]:
+    """id -> record for the ids that exist (one SELECT; ``lock``: ``FOR UPDATE`` outside SQLite)."""
     if not ids:
         return {}
-    return {int(m["id"]): _record(m) for m in (await session.execute(
-        sa.select(records).where(records.c.id.in_(ids)))).mappings()}
+    stmt = sa.select(records).where(records.c.id.in_(list(dict.fromkeys(ids))))
+    if lock and session.bind.dialect.name != "sqlite":
+        stmt = stmt.with_for_update()
+    return {int(m["id"]): _record(m) for m in (await session.execute(stmt)).mappings()}
 
 
 def claimable(rec: Record, settings: NotificationSettings) -> bool:

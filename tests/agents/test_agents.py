@@ -200,6 +200,26 @@ async def test_retry_scanner_sends_due_records_in_chunks(db, worker) -> None:
     assert len(recs) == 20 and recs.pop(120) == "failed" and set(recs.values()) == {"sent"}
 
 
+async def test_payload_notification_id_reuses_only_a_matching_record(db, worker) -> None:
+    """Upstream's optional ``notification_id``: honoured when it names this dedupe key's record, ignored otherwise."""
+    async with FakeFeishu() as feishu:
+        await channel(db, 7, feishu.url(7))
+        _oid, value = await enqueue(db, NOTIFY, notification_payload())
+        assert await put(worker, "notification", value) == "consumed"
+        async with db.engine.connect() as conn:
+            first_id = (await conn.execute(sa.select(notification_records.c.id))).scalar_one()
+        _oid, value = await enqueue(db, NOTIFY, {**notification_payload(), "notification_id": first_id})
+        assert await put(worker, "notification", value) == "consumed"  # same record, already sent: no POST
+        other = notification_payload(key_suffix="2026-04-30T11:00:00+08:00")
+        _oid, value = await enqueue(db, NOTIFY, {**other, "notification_id": first_id})
+        assert await put(worker, "notification", value) == "consumed"  # another key: its own record
+        assert len(feishu.posts) == 2
+    async with db.engine.connect() as conn:
+        keys = (await conn.execute(sa.select(notification_records.c.dedupe_key)
+                                   .order_by(notification_records.c.id))).scalars().all()
+    assert keys == [notification_payload()["dedupe_key"], other["dedupe_key"]]
+
+
 async def test_fresh_sending_lease_sends_the_row_to_retry(db, worker) -> None:
     async with FakeFeishu() as feishu:
         await channel(db, 7, feishu.url(7))
