@@ -94,9 +94,7 @@ class KafkaPublisher:
             self._producer = producer
             return True
 
-    async def publish(
-        self, messages: Sequence[OutgoingMessage], enqueued: asyncio.Event | None = None,
-    ) -> dict[int, DeliveryFailure]:
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> dict[int, DeliveryFailure]:
         """Send all messages and wait for acks; returns ``{row_id: failure}`` for those not acknowledged.
 
         Messages go out through aiokafka's batch API: one ``BatchBuilder`` per partition (filled in the given
@@ -106,15 +104,6 @@ class KafkaPublisher:
         whole partition batch fails with a non-retriable error, its messages are sent once more one per batch so
         only the culprit is classified permanent and its batch-mates are delivered.
         """
-        try:
-            return await self._publish(messages, enqueued)
-        finally:
-            if enqueued is not None:
-                enqueued.set()
-
-    async def _publish(
-        self, messages: Sequence[OutgoingMessage], enqueued: asyncio.Event | None,
-    ) -> dict[int, DeliveryFailure]:
         if not messages:
             return {}
         producer = self._producer
@@ -130,7 +119,7 @@ class KafkaPublisher:
                     f"Kafka message of {size} bytes exceeds max_request_size {MAX_REQUEST_SIZE}", False)
             else:
                 sendable.append(m)
-        batches = await self._deliver(producer, sendable, timeout, failed, enqueued=enqueued)
+        batches = await self._deliver(producer, sendable, timeout, failed)
         retry_alone = [m for batch, exc in batches if len(batch) > 1 and not _retriable(exc) for m in batch]
         for batch, exc in batches:
             if exc is not None and not (len(batch) > 1 and not _retriable(exc)):
@@ -146,12 +135,10 @@ class KafkaPublisher:
 
     async def _deliver(
         self, producer: AIOKafkaProducer, messages: Sequence[OutgoingMessage], timeout: float,
-        failed: dict[int, DeliveryFailure], *, one_per_batch: bool = False, enqueued: asyncio.Event | None = None,
+        failed: dict[int, DeliveryFailure], *, one_per_batch: bool = False,
     ) -> list[tuple[list[OutgoingMessage], BaseException | None]]:
         """Submit ``messages`` as partition batches and wait up to ``timeout`` for their acks; returns each batch
-        with its exception (``None`` = acknowledged). Messages never submitted are added to ``failed``.
-        ``enqueued`` is set once every batch is in the accumulator (a later publish may then start: per-partition
-        order is the order of submission)."""
+        with its exception (``None`` = acknowledged). Messages never submitted are added to ``failed``."""
         submitted: list[tuple[list[OutgoingMessage], asyncio.Future]] = []
 
         async def submit(topic: str, partition: int, builder: BatchBuilder, batch: list[OutgoingMessage]) -> None:
@@ -189,8 +176,6 @@ class KafkaPublisher:
                 if m.row_id not in sent:
                     failed[m.row_id] = DeliveryFailure(f"Kafka delivery not attempted: {type(exc).__name__}: {exc}",
                                                        True)
-        if enqueued is not None:
-            enqueued.set()
         if not submitted:
             return []
         done, _ = await asyncio.wait([f for _, f in submitted], timeout=timeout)

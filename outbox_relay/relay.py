@@ -5,12 +5,11 @@ Invariants:
 - A row reaches ``published`` only after Kafka acknowledged it (acks=all). Delivery is at-least-once: a relay
   killed between the ack and the mark leaves the row claimed; after ``lease_seconds`` (30 s) any relay claims and
   publishes it again, and consumers treat the second copy as a duplicate (outbox id).
-- Per-key order: rows are published in id order within a batch, batches in claim order, one active relay per
+- Per-key order: rows are published in id order within a batch, batches one after another, one active relay per
   table (exclusive mode). It is kept under normal operation; a row that fails while later rows of its key succeed
-  (in its batch or in the one batch pipelined behind it) is retried after them (upstream has the same property,
-  spec 5).
-- Pipelining (MySQL): at most two batches in flight - batch N waits for acks and is marked while N+1 is claimed
-  and built (SQLite, one writer: one batch at a time).
+  is retried after them (upstream has the same property, spec 5).
+- Pipelining (MySQL): batch N waits for acks and is marked while N+1 is claimed and built; N+1 is published only
+  after N is marked, so a crash leaves at most one batch (500 rows) published but unmarked, as without pipelining.
 - Poison (unparseable shell) goes ``dead`` with the reason; Kafka failures go back with backoff (n² s), ``dead``
   after ``max_retry`` (20). A broken DB or broker never ends the loop: the error is logged and the loop backs off
   (0.1 s doubling to 5 s).
@@ -76,7 +75,7 @@ class TableRelay:
         self.stats = TableStats()
         self._label = route.service_name
         self._next_sweep = 0.0
-        self._in_flight: tuple[asyncio.Task[None], asyncio.Event] | None = None
+        self._in_flight: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         relay = self.settings.relay
@@ -119,9 +118,10 @@ class TableRelay:
     async def step(self) -> int:
         """Claim and start publishing one batch; returns the number of rows claimed.
 
-        Pipelined (MySQL): batch N's acks and marks run in a task while the loop claims and builds batch N+1,
-        so at most two batches are in flight. Batch N+1 is handed to the producer only after batch N is in its
-        accumulator, so per-partition order is claim order. SQLite (one writer) runs one batch at a time.
+        Pipelined (MySQL): batch N's acks and marks run in a task while the loop claims and builds batch N+1;
+        N+1 is handed to the producer only after N is marked, so at most one batch is ever published but not
+        marked (the duplicates a crash can cause) and batches reach Kafka in claim order. SQLite (one writer)
+        runs one batch at a time.
         """
         relay = self.settings.relay
         if relay.exclusive:
@@ -142,28 +142,23 @@ class TableRelay:
             await self.drain()
             return 0
         messages, poison = self._build(claim.rows)
-        previous, self._in_flight = self._in_flight, None
-        if previous is not None:
-            await previous[1].wait()  # the previous batch is in the producer's accumulator
-        enqueued = asyncio.Event()
-        task = asyncio.create_task(self._publish_and_mark(claim, messages, poison, enqueued, started))
+        await self.drain()  # batch N is marked before N+1 is published
+        task = asyncio.create_task(self._publish_and_mark(claim, messages, poison, started))
         if self.engine.dialect.name == "sqlite":
             await task
         else:
-            self._in_flight = (task, enqueued)
-        if previous is not None:
-            await previous[0]
+            self._in_flight = task
         return len(claim.rows)
 
     async def drain(self) -> None:
         """Wait for the batch still in flight (acks and marks); its errors propagate."""
         previous, self._in_flight = self._in_flight, None
         if previous is not None:
-            await previous[0]
+            await previous
 
     async def _publish_and_mark(self, claim: Claim, messages: list[OutgoingMessage], poison: dict[int, str],
-                                enqueued: asyncio.Event, started: float) -> None:
-        failures = await self.publisher.publish(messages, enqueued)
+                                started: float) -> None:
+        failures = await self.publisher.publish(messages)
         for row_id, failure in failures.items():
             if not failure.retriable:
                 poison[row_id] = failure.reason
