@@ -13,8 +13,9 @@ with channels, optionally re-triggering a user inside the same 30-minute dedupe 
 * outbox tables: no ``pending``/``published`` row left; ``dead`` only where the case expects poison;
 * one notification record per dedupe key, each in its expected terminal status;
 * per dedupe key exactly one *delivered* POST (HTTP 200 + code 0, answered within the client timeout) for a
-  ``sent`` record and none for a ``dead`` one; more are reported as ``duplicate_deliveries`` and allowed only up
-  to the case's documented tolerance (kill -9 of a worker between its POST and its outcome write);
+  ``sent`` record and none for a ``dead`` one; more are reported as ``duplicate_deliveries`` and allowed only
+  for records a killed worker had claimed and not recorded (``sending`` at the kill -9 and claimed again after
+  its lease; at most 2 x ``worker.max_in_flight`` per kill), plus the case's ``tolerated_duplicates``;
 * the number of POSTs for a record never exceeds its ``attempt_count`` (every POST is a claimed attempt);
 * relay counters vs the database: the relay's backlog gauges (``/health`` counts) equal the DB counts, relay
   ``dead`` counter equals the rows the relay dead-lettered, and ``published`` counters are bounded by the rows
@@ -84,6 +85,8 @@ FAULT_ENV: dict[str, str] = {
     "SMARTFLOW_NOTIFICATION__SENDING_LEASE_SECONDS": "4",
     "SMARTFLOW_NOTIFICATION__HTTP_TIMEOUT_SECONDS": "2",
 }
+
+WORKER_MAX_IN_FLIGHT = config.WorkerSettings().max_in_flight  # the workers run with the default (16)
 
 BOT_OK = {"StatusCode": 0, "StatusMessage": "success", "code": 0, "data": {}, "msg": "success"}
 FLOW_OK = {"code": 0, "msg": "success"}
@@ -367,6 +370,8 @@ class Scenario:
         self.relay_kills = 0
         self._dead_tokens: set[str] = set()
         self.worker_kills = 0
+        # record id -> (user id, attempt_count) of every record `sending` right after a worker kill -9
+        self._sending_at_worker_kill: dict[int, tuple[int, int]] = {}
         self._load_task: asyncio.Task[None] | None = None
         self._load_stop = asyncio.Event()
         self._scrape_task: asyncio.Task[None] | None = None
@@ -557,15 +562,34 @@ class Scenario:
                                    if socket_owner(p.peer_port, f.port, [pid]) == pid)
                     self.kill(victim)
                     info = {"worker": victim.name, "mid_post": True, "user_id": post.user_id,
-                            "inflight_posts": max(1, inflight)}
+                            "inflight_posts": max(1, inflight),
+                            "sending_at_kill": await self._snapshot_sending()}
                     self.note("worker killed", **info)
                     return info
             await asyncio.sleep(0.01)
         victim = self.workers[0]
         self.kill(victim)
-        info = {"worker": victim.name, "mid_post": False}
+        info = {"worker": victim.name, "mid_post": False, "sending_at_kill": await self._snapshot_sending()}
         self.note("worker killed", **info)
         return info
+
+    async def _snapshot_sending(self) -> int:
+        """Remember the records in ``sending`` right after a kill -9 (the victim is reaped, so every claim it made
+        is committed and it makes no more): the victim's orphaned claims are among them. Returns how many."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(
+                notification_records.c.id, notification_records.c.user_id, notification_records.c.attempt_count)
+                .where(notification_records.c.status == "sending"))).all()
+        for rid, uid, attempts in rows:
+            self._sending_at_worker_kill.setdefault(int(rid), (int(uid), int(attempts)))
+        return len(rows)
+
+    def _orphaned_users(self, final_attempts: dict[int, int]) -> set[int]:
+        """Users whose record a killed worker left ``sending``: it was ``sending`` at a kill and was claimed
+        again afterwards (its final ``attempt_count`` grew: the lease expired and the scanner re-sent it). A
+        record the surviving worker held at the kill finishes on its first claim and is not counted."""
+        return {uid for rid, (uid, attempts) in self._sending_at_worker_kill.items()
+                if final_attempts.get(rid, 0) > attempts}
 
     def stop_broker(self) -> None:
         stop_process(self.broker)
@@ -785,6 +809,7 @@ class Scenario:
                                   "rows_retried": int(retried_rows), "relay_dead": relay_dead,
                                   "dead_reasons": sorted({(e or "")[:90] for e in dead_errors})}
             recs = (await conn.execute(sa.select(
+                notification_records.c.id,
                 notification_records.c.user_id, notification_records.c.status, notification_records.c.attempt_count,
                 notification_records.c.last_error_code, notification_records.c.dedupe_key))).all()
             dead_msgs = (await conn.execute(sa.select(outbox_dead_messages.c.reason))).scalars().all()
@@ -834,7 +859,13 @@ class Scenario:
                 wrong.append((uid, "scripted failure not retried", r.attempt_count))
             retried_records += r.attempt_count > 1
         assert not wrong, wrong[:20]
-        assert sum(duplicates.values()) <= tolerated_duplicates, duplicates
+        # a kill -9 of a worker may deliver again exactly the records it had claimed and not yet recorded
+        # (`worker.max_in_flight` per agent and as many in its scanner); any other duplicate is a defect
+        orphaned = self._orphaned_users({int(r.id): int(r.attempt_count) for r in recs})
+        unexplained = {u: n - (self.worker_kills if u in orphaned else 0) for u, n in duplicates.items()}
+        unexplained = {u: n for u, n in unexplained.items() if n > 0}
+        assert sum(unexplained.values()) <= tolerated_duplicates, (unexplained, "orphaned claims:", sorted(orphaned))
+        assert len(orphaned) <= 2 * WORKER_MAX_IN_FLIGHT * self.worker_kills, (len(orphaned), self.worker_kills)
         stray = set(posts) - set(rec_by_user)
         assert not stray, f"POSTs for users without a record: {stray}"
         # -- wire (what the topics carried)
@@ -859,7 +890,7 @@ class Scenario:
             "dedupe_suppressed": n_events - len(recs),
             "posts_total": sum(posts.values()), "posts_delivered": sum(delivered.values()),
             "duplicate_deliveries": sum(duplicates.values()), "duplicate_users": sorted(duplicates),
-            "tolerated_duplicates": tolerated_duplicates,
+            "tolerated_duplicates": tolerated_duplicates + len(orphaned), "orphaned_claims": len(orphaned),
             "max_attempts": max((r.attempt_count for r in recs), default=0),
             "dead_messages": len(dead_msgs), "dead_message_reasons": sorted({m[:80] for m in dead_msgs}),
             "wire_messages": sum(wire_ids.values()), "wire_distinct": len(wire_ids),
@@ -992,9 +1023,10 @@ async def case_a_relay_kill9(db_url: str, workdir: pathlib.Path, *, rate: float 
 async def case_b_worker_kill9(db_url: str, workdir: pathlib.Path, *, rate: float = 8, duration: float = 10) -> dict[str, Any]:
     """Two workers; kill -9 of the one with a webhook POST in flight; restarted 3 s later.
 
-    Tolerated: the in-flight POST reached Feishu but its outcome was never written; the record is re-sent after
-    its sending lease (4 s here): one duplicate delivery (two if the dead worker's retry scanner was also
-    mid-POST). Reported as ``duplicate_deliveries``."""
+    Tolerated: one more delivery for each record the victim had claimed and not yet recorded (its POSTs in flight,
+    and those already answered while chunk-mates were still in flight: outcomes are written per chunk of up to
+    ``worker.max_in_flight``); they are re-sent after the sending lease (4 s here). Any other duplicate fails the
+    case (:meth:`Scenario.check_invariants`). Reported as ``duplicate_deliveries`` / ``orphaned_claims``."""
     async with Scenario("b_worker_kill9", db_url, workdir, relays=1, workers=2, rate=rate) as sc:
         fake = sc.fakes["main"]
         sc.start_load(duration)
@@ -1005,10 +1037,7 @@ async def case_b_worker_kill9(db_url: str, workdir: pathlib.Path, *, rate: float
         await asyncio.sleep(3)
         proc = sc.start_worker()
         ready = await sc.wait_worker_ready(proc)
-        # each POST in flight at the kill may be delivered again, +1 for one still in the victim's socket buffer
-        tolerated = killed.get("inflight_posts", 1) + 1
-        return await sc.check_invariants(tolerated_duplicates=tolerated, extra={"kill": killed,
-                                                                         "restart_ready_seconds": round(ready, 1)})
+        return await sc.check_invariants(extra={"kill": killed, "restart_ready_seconds": round(ready, 1)})
 
 
 async def case_c_relay_and_worker_kill9(db_url: str, workdir: pathlib.Path, *, rate: float = 8,
@@ -1028,7 +1057,7 @@ async def case_c_relay_and_worker_kill9(db_url: str, workdir: pathlib.Path, *, r
         before = await sc.sent_count()
         t = time.monotonic()
         await wait_for(lambda: _more_sent(sc, before), 60, interval=0.2, what="progress after the kills")
-        return await sc.check_invariants(tolerated_duplicates=worker_kill.get("inflight_posts", 1) + 1, extra={
+        return await sc.check_invariants(extra={
             "relay_kill": relay_kill, "worker_kill": worker_kill,
             "first_progress_after_kill_seconds": round(time.monotonic() - t, 1)})
 
