@@ -126,7 +126,7 @@ async def test_kill9_mid_batch_then_restart_loses_nothing(db, kafka_bootstrap, t
             assert terminate(proc) == 0
     ids = reader.outbox_ids()
     assert len(set(ids)) == total  # at least once: every row reached Kafka
-    assert len(ids) - total < 3 * 500  # duplicates bounded by one batch per kill
+    assert len(ids) - total <= 3 * 500, len(ids) - total  # at most one batch published but unmarked per kill
 
 
 async def _published_at_least(db, repo, n: int) -> bool:
