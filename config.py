@@ -94,10 +94,14 @@ class NotificationSettings(BaseModel):
     max_delay_seconds: float = Field(1800.0, ge=0)
     sending_lease_seconds: float = Field(600.0, gt=0)
     retry_scan_every_seconds: float = Field(60.0, gt=0)
-    retry_batch_size: int = Field(50, ge=1)
+    retry_batch_size: int = Field(
+        50, ge=1, description="records per retry-scanner pass (sent in chunks of `worker.max_in_flight`)")
     summary_max_chars: int = Field(180, ge=1)
     frontend_base_url: str = "https://smartflow.example.com"
     http_timeout_seconds: float = Field(5.0, gt=0)
+    outcome_flush_seconds: float = Field(
+        0.05, ge=0, description="longest an answered POST waits for its chunk-mates before its outcome is written "
+        "(one write per chunk when all answer within it; a kill -9 may re-send what is answered but unwritten)")
     allowed_hosts: list[str] = Field(
         default_factory=lambda: ["feishu.cn", "www.feishu.cn", "open.feishu.cn", "open.larksuite.com"]
     )

@@ -16,7 +16,9 @@ leaves ``sending``; after the 10-minute lease the scanner sends again. That seco
 dedupe key this design can produce (the first may have reached Feishu before the crash); Feishu has no idempotency
 key. A worker runs at most ``worker.max_in_flight`` (16) sends per agent at once, and as many in its retry
 scanner (which sends its due records in chunks of that size through the same claim/POST/record core), which bounds
-how many keys one ``kill -9`` can duplicate.
+how many keys one ``kill -9`` can duplicate. In practice it is fewer: outcomes are written as answers arrive (at
+most ``notification.outcome_flush_seconds``, 0.05 s, after an answer, or at once when the chunk is complete), so
+only POSTs in flight or answered in the last ~50 ms before the kill are re-sent.
 
 Deliberate difference from upstream: a duplicate event does not resend a ``failed`` record before its
 ``next_retry_at`` (upstream resent at once, defeating the backoff).
@@ -25,6 +27,7 @@ Deliberate difference from upstream: a duplicate event does not resend a ``faile
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -203,47 +206,86 @@ class NotificationService:
         in_outcome_tx: Callable[[AsyncSession, list[tuple[records.Record, SendResult]]], Awaitable[None]] | None = None,
     ) -> tuple[dict[int, records.Record], dict[int, SendResult | Exception], dict[int, str | None]]:
         """Claim ``record_ids`` (one UPDATE, one token; those another sender holds are left out), POST them
-        (:meth:`_send_many`) and write the outcomes in one transaction, together with ``in_outcome_tx``. Returns
-        the claimed records, each one's send result (or the exception its send raised: it stays ``sending`` and is
-        re-sent after its lease) and the statuses written (``None``: another sender superseded this one)."""
+        (:meth:`_send_many`) and write the outcomes as the answers come in, each write together with
+        ``in_outcome_tx``. Returns the claimed records, each one's send result (or the exception its send raised:
+        it stays ``sending`` and is re-sent after its lease) and the statuses written (``None``: another sender
+        superseded this one).
+
+        A write takes every answer that arrived before it and starts when the chunk's last POST is answered or
+        ``notification.outcome_flush_seconds`` (0.05 s) after the first unwritten answer, whichever is first: one
+        write per chunk when the webhook answers every POST within that time, and a slow POST never keeps its
+        answered chunk-mates unrecorded (what a ``kill -9`` turns into duplicate deliveries) for longer than that.
+        A write that fails cancels the POSTs not yet answered (their records stay ``sending``) and raises; the
+        writes before it stay committed."""
         async with self.sessions() as session, session.begin():
             token, _count = await records.claim_many(session, record_ids, self.cfg)
             recs = {i: r for i, r in (await records.get_many(session, record_ids)).items()
                     if r.row["send_token"] == token}
             channels = await records.load_channels(session, [int(r.row["user_id"]) for r in recs.values()])
-        sent = await self._send_many(list(recs.values()), channels)
-        outcomes = [(recs[record_id], result) for record_id, result in sent.items()
-                    if not isinstance(result, Exception)]
-        if not outcomes:
-            return recs, sent, {}
+        sent: dict[int, SendResult | Exception] = {}
+        statuses: dict[int, str | None] = {}
+        if not recs:
+            return recs, sent, statuses
+        answers: asyncio.Queue[tuple[records.Record, SendResult | Exception] | None] = asyncio.Queue()
+        sends = asyncio.ensure_future(self._send_many(list(recs.values()), channels, answers.put_nowait))
+        sends.add_done_callback(lambda _task: answers.put_nowait(None))  # None: every POST answered
+        try:
+            finished = False
+            while not finished:
+                batch = [await answers.get()]
+                if batch[-1] is not None and not sends.done():  # linger for chunk-mates, not past the last answer
+                    await asyncio.wait({sends}, timeout=self.cfg.outcome_flush_seconds)
+                while batch[-1] is not None and not answers.empty():
+                    batch.append(answers.get_nowait())
+                finished = batch[-1] is None
+                answered = [a for a in batch if a is not None]
+                sent.update((rec.id, result) for rec, result in answered)
+                outcomes = [(rec, result) for rec, result in answered if not isinstance(result, Exception)]
+                if outcomes:
+                    statuses.update(await self._write_outcomes(outcomes, token, in_outcome_tx))
+            sends.result()  # a bug in the send loop itself surfaces here
+        finally:
+            if not sends.done():
+                sends.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sends
+        return recs, {i: sent[i] for i in recs}, statuses
+
+    async def _write_outcomes(
+        self, outcomes: list[tuple[records.Record, SendResult]], token: str,
+        in_outcome_tx: Callable[[AsyncSession, list[tuple[records.Record, SendResult]]], Awaitable[None]] | None,
+    ) -> dict[int, str | None]:
         async with self.sessions() as session, session.begin():
             statuses = await records.apply_outcomes(session, outcomes, token, self.cfg)
             if in_outcome_tx is not None:
                 await in_outcome_tx(session, outcomes)
         for rec, _result in outcomes:
             metrics.notifications.labels(statuses[rec.id] or "superseded").inc()
-        return recs, sent, statuses
+        return statuses
 
-    async def _send_many(self, recs: list[records.Record],
-                         channels: dict[int, ChannelConfig]) -> dict[int, SendResult | Exception]:
-        """POST each record: one user's records one after another, users concurrently (callers pass at most
-        ``worker.max_in_flight``). A send that raises is returned as its exception."""
+    async def _send_many(
+        self, recs: list[records.Record], channels: dict[int, ChannelConfig],
+        on_answer: Callable[[tuple[records.Record, SendResult | Exception]], None],
+    ) -> None:
+        """POST each record and pass ``(record, result)`` to ``on_answer`` as soon as it is answered: one user's
+        records one after another, users concurrently (callers pass at most ``worker.max_in_flight``). A send that
+        raises is passed as its exception."""
         by_user: dict[int, list[records.Record]] = {}
         for rec in recs:
             by_user.setdefault(int(rec.row["user_id"]), []).append(rec)
-        out: dict[int, SendResult | Exception] = {}
 
         async def user_sends(user_id: int, queue: list[records.Record]) -> None:
             for rec in queue:
                 try:
-                    out[rec.id] = await self._send(channels.get(user_id), records.build_request(rec))
+                    result: SendResult | Exception = await self._send(channels.get(user_id),
+                                                                      records.build_request(rec))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - classified by the caller per item
-                    out[rec.id] = exc
+                    result = exc
+                on_answer((rec, result))
 
         await asyncio.gather(*(user_sends(u, q) for u, q in by_user.items()))
-        return {rec.id: out[rec.id] for rec in recs}
 
     async def _send(self, channel: ChannelConfig | None, request: SendRequest) -> SendResult:
         result = await self.provider.send(channel, request)

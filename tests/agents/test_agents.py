@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 
@@ -190,6 +191,8 @@ async def test_retry_scanner_sends_due_records_in_chunks(db, worker) -> None:
         assert len(feishu.posts) == 20
         clock.set_offset(timedelta(minutes=5, seconds=1))
         runtime = worker.smartflow_runtime
+        service = runtime.notifications  # one outcome write per chunk however slowly the answers come in here
+        service.cfg = service.cfg.model_copy(update={"outcome_flush_seconds": 5.0})
         counter = StatementCounter(runtime.engine)
         stats = await runtime.notifications.retry_due()
         assert (stats.scanned, stats.claimed, stats.sent, stats.failed, stats.errors) == (20, 20, 19, 1, 0)
@@ -198,6 +201,32 @@ async def test_retry_scanner_sends_due_records_in_chunks(db, worker) -> None:
         recs = dict((await conn.execute(sa.select(notification_records.c.user_id, notification_records.c.status)
                                         .where(notification_records.c.attempt_count == 2))).all())
     assert len(recs) == 20 and recs.pop(120) == "failed" and set(recs.values()) == {"sent"}
+
+
+async def test_answered_posts_are_recorded_while_a_slow_chunk_mate_is_in_flight(db, worker) -> None:
+    """Outcomes are written within notification.outcome_flush_seconds (0.05 s) of their answer, not when the
+    chunk's slowest POST returns: a kill -9 during a slow POST leaves only that record to be re-sent."""
+    users = range(201, 206)
+    down = (500, {"error": "down"}, 0.0)
+    slow_ok = (200, {"code": 0, "msg": "success"}, 0.8)  # the fixture's HTTP timeout is 1 s
+    async with FakeFeishu(per_user={u: [down, slow_ok] if u == 201 else [down] for u in users}) as feishu:
+        for user_id in users:
+            await channel(db, user_id, feishu.url(user_id))
+            _oid, value = await enqueue(db, NOTIFY, notification_payload(user_id))
+            assert await put(worker, "notification", value, str(user_id).encode()) == "consumed"
+        clock.set_offset(timedelta(minutes=5, seconds=1))
+        scan = asyncio.ensure_future(worker.smartflow_runtime.notifications.retry_due())
+        seen_mid_flight: dict[int, str] = {}
+        while not scan.done() and len(seen_mid_flight) < 5:
+            async with db.engine.connect() as conn:
+                statuses = dict((await conn.execute(sa.select(notification_records.c.user_id,
+                                                              notification_records.c.status))).all())
+            if not scan.done() and statuses.get(201) == "sending" and sum(v == "sent" for v in statuses.values()) == 4:
+                seen_mid_flight = statuses
+            await asyncio.sleep(0.02)
+        stats = await scan
+    assert seen_mid_flight == {201: "sending", 202: "sent", 203: "sent", 204: "sent", 205: "sent"}
+    assert (stats.claimed, stats.sent) == (5, 5) and len(feishu.posts) == 10
 
 
 async def test_payload_notification_id_reuses_only_a_matching_record(db, worker) -> None:
