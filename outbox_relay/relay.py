@@ -1,10 +1,13 @@
 """Relay loop: claim due rows, publish them as upstream envelopes, mark them, retry, dead-letter, recover.
 
 Invariants:
-- A row is published only while this relay holds its claim (``claim_token``); all marks are guarded by it.
+- A row is published only while this relay holds the table lease (exclusive mode, the default: checked before each
+  batch) or its row claim (``claim_token``, shared mode; every mark is then guarded by it). Marks never move a
+  terminal row.
 - A row reaches ``published`` only after Kafka acknowledged it (acks=all). Delivery is at-least-once: a relay
-  killed between the ack and the mark leaves the row claimed; after ``lease_seconds`` (30 s) any relay claims and
-  publishes it again, and consumers treat the second copy as a duplicate (outbox id).
+  killed between the ack and the mark leaves the row pending; the next lease holder (after ``table_lease_seconds``,
+  10 s) or, in shared mode, any relay after the row lease (``lease_seconds``, 30 s) publishes it again, and
+  consumers treat the second copy as a duplicate (outbox id).
 - Per-key order: rows are published in id order within a batch, batches one after another, one active relay per
   table (exclusive mode). It is kept under normal operation; a row that fails while later rows of its key succeed
   is retried after them (upstream has the same property, spec 5).
@@ -76,6 +79,7 @@ class TableRelay:
         self._label = route.service_name
         self._next_sweep = 0.0
         self._in_flight: asyncio.Task[None] | None = None
+        self._in_flight_ids: list[int] = []  # rows of the batch in flight: still pending, not to be read again
 
     async def run(self) -> None:
         relay = self.settings.relay
@@ -106,7 +110,7 @@ class TableRelay:
                     pass
         try:
             await self.drain()
-        except Exception as exc:  # noqa: BLE001 - its rows stay claimed and are due again after the lease
+        except Exception as exc:  # noqa: BLE001 - its rows stay pending and are published again by the next holder
             log.warning("relay %s: last batch not marked: %s", self._label, exc)
         if relay.exclusive:
             try:
@@ -136,8 +140,9 @@ class TableRelay:
             return 0
         await self._sweep_stale_published()
         started = time.perf_counter()
+        in_flight = self._in_flight_ids if self._in_flight is not None else []
         claim = await self.repo.claim_due(self.engine, limit=relay.batch_size, lease_seconds=relay.lease_seconds,
-                                          exclusive=relay.exclusive)
+                                          exclusive=relay.exclusive, exclude=in_flight)
         if not claim.rows:
             await self.drain()
             return 0
@@ -147,7 +152,7 @@ class TableRelay:
         if self.engine.dialect.name == "sqlite":
             await task
         else:
-            self._in_flight = task
+            self._in_flight, self._in_flight_ids = task, [r.id for r in claim.rows]
         return len(claim.rows)
 
     async def drain(self) -> None:

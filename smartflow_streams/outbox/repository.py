@@ -3,14 +3,18 @@
 States: ``pending -> published -> consumed``; any non-terminal -> ``dead``; ``consumed`` and ``dead`` are terminal
 and no method here ever moves a row out of them (upstream's ``MarkDead``/``MarkConsumed`` could: trap 17).
 
-Claiming (ours; upstream had none, trap 15): a relay claims due rows by writing a fresh ``claim_token`` and moving
-``next_retry_at`` to the lease expiry, so the row stays ``pending`` (Go-compatible) but is not due again until the
-lease runs out. A crashed relay's rows therefore become due by themselves; every later write of a claimer is
-guarded by ``claim_token``, so a relay whose lease expired cannot overwrite the new holder's outcome.
+Claiming (ours; upstream had none, trap 15), two modes:
+- table-lease holder (``relay.exclusive``, the default): the table lease (``outbox_relay.lease``) is the claim.
+  The holder reads due rows and writes nothing until it marks them, so a crashed holder's rows are simply still
+  due when the next holder takes the lease (10 s). Marks are guarded by status (terminal rows never change).
+- shared table (``relay.exclusive=false``): a relay claims due rows by writing a fresh ``claim_token`` and moving
+  ``next_retry_at`` to the lease expiry, so the row stays ``pending`` (Go-compatible) but is not due again until
+  the lease runs out. A crashed relay's rows therefore become due by themselves; every later write of a claimer is
+  guarded by ``claim_token``, so a relay whose lease expired cannot overwrite the new holder's outcome.
 
-Cost per batch (counted by ``bench/relay_bench.py``): MySQL/MariaDB 2 statements to claim (``SELECT ... FOR UPDATE
-SKIP LOCKED`` + ``UPDATE ... WHERE id IN``), SQLite 1 (``UPDATE ... RETURNING``, atomic because SQLite serialises
-writers), and 1 statement to mark the whole batch published.
+Cost per batch (counted by ``bench/relay_bench.py``): lease holder 1 statement to read the batch and 1 to mark it
+published (plus the lease renewal every ~3 s); shared table: MySQL/MariaDB 2 statements to claim (``SELECT ... FOR
+UPDATE SKIP LOCKED`` + ``UPDATE ... WHERE id IN``), SQLite 1 (``UPDATE ... RETURNING``), then the mark.
 
 Limits: ``last_error`` keeps at most 2000 UTF-8 bytes and never splits a character (upstream sliced bytes,
 trap 24); backoff is n² seconds for the n-th failure, n capped at 10 (1, 4, 9, ..., 100 s); a row is ``dead`` when
@@ -104,9 +108,12 @@ CLAIM_COLUMNS = ("id", "biz_type", "service_name", "topic", "message_key", "payl
 
 @dataclass
 class Claim:
-    token: str
+    """Rows a relay may publish. ``token``/``lease_until``: the row claim on a shared table; both None for the
+    table-lease holder, whose rows are not written until they are marked."""
+
+    token: str | None
     rows: list[OutboxRow]
-    lease_until: datetime
+    lease_until: datetime | None
 
 
 class OutboxRepository:
@@ -203,28 +210,41 @@ class OutboxRepository:
     # -- relay side ---------------------------------------------------------------------------------------------
 
     async def claim_due(
-        self, engine: AsyncEngine, *, limit: int, lease_seconds: float, exclusive: bool = False
+        self, engine: AsyncEngine, *, limit: int, lease_seconds: float, exclusive: bool = False,
+        exclude: Sequence[int] = (),
     ) -> Claim:
-        """Claim up to ``limit`` due rows for ``lease_seconds`` in one transaction; rows come back in id order.
+        """Claim up to ``limit`` due rows; rows come back in id order. A row is due when ``status='pending' AND
+        next_retry_at <= now`` (a row lease that has run out is due again).
 
-        Safe with any number of concurrent claimers. A row is due when ``status='pending' AND next_retry_at <= now``
-        (a lease that has run out is due again). SQLite serialises one ``UPDATE ... RETURNING``. MySQL/MariaDB:
-
-        - default (several relays share the table): ``SELECT ... FOR UPDATE SKIP LOCKED`` then one UPDATE.
-        - ``exclusive`` (the table-lease holder, which wants per-key order): a consistent (non-locking) read of the
-          due rows, then one UPDATE that re-checks "due" under the row locks; when it changed fewer rows than read
-          (another claimer won some), the claimed ones are read back by token. Reason: SKIP LOCKED can see a
-          producer transaction half-committed -- InnoDB releases its row locks one by one after the commit, so a
-          locking read may claim later rows of that transaction while skipping earlier ones, and publish them out
-          of order (seen in ``test_three_concurrent_relays``). A consistent read sees a transaction whole or not.
+        - shared table (``exclusive=False``, several relays): each row is claimed by writing a fresh token and a
+          ``lease_seconds`` lease, in one transaction, safe with any number of concurrent claimers. MySQL/MariaDB:
+          ``SELECT ... FOR UPDATE SKIP LOCKED`` then one UPDATE (2 statements); SQLite: one atomic
+          ``UPDATE ... RETURNING`` (SQLite serialises writers).
+        - ``exclusive`` (the table-lease holder): the table lease is the claim, so this is one read and writes
+          nothing (``Claim.token`` is None; marks are guarded by status, never by token). It is a consistent
+          (non-locking) read, not SKIP LOCKED: InnoDB releases a committed transaction's row locks one by one, so a
+          locking read can see a producer transaction half-committed and publish its later rows first (seen in
+          ``test_three_concurrent_relays``); a consistent read sees a transaction whole or not at all. ``exclude``:
+          ids of the holder's batch still in flight (pipelining), which are still ``pending`` in the database. Two
+          processes that both believe they hold the lease (one paused between its lease check and its publish for
+          longer than the table lease) may read the same rows: that costs duplicates, at most one batch per such
+          pause, which consumers drop by outbox id; the first copy of every row still goes out in id order.
         """
         t = self.table
-        token = uuid.uuid4().hex
         now = clock.db_now()
-        lease_until = now + timedelta(seconds=lease_seconds)
         due = sa.and_(t.c.status == OutboxStatus.PENDING.value, t.c.next_retry_at.is_not(None), t.c.next_retry_at <= now)
-        values = {"claim_token": token, "next_retry_at": lease_until, "updated_at": now}
         cols = [t.c[name] for name in CLAIM_COLUMNS]
+        if exclusive:
+            where = [due] + ([_id_in(t, exclude, negate=True)] if exclude else [])
+            async with engine.connect() as conn:
+                result = await conn.execute(
+                    sa.select(*cols).where(*where).order_by(t.c.next_retry_at, t.c.id).limit(limit))
+                rows = [OutboxRow.from_claim(r) for r in result.all()]
+            rows.sort(key=lambda r: r.id)
+            return Claim(token=None, rows=rows, lease_until=None)
+        token = uuid.uuid4().hex
+        lease_until = now + timedelta(seconds=lease_seconds)
+        values = {"claim_token": token, "next_retry_at": lease_until, "updated_at": now}
         async with engine.begin() as conn:
             if conn.dialect.name == "sqlite":
                 ids = sa.select(t.c.id).where(due).order_by(t.c.next_retry_at, t.c.id).limit(limit).scalar_subquery()
@@ -232,15 +252,9 @@ class OutboxRepository:
                 rows = [OutboxRow.from_claim(r) for r in result.all()]
             else:
                 select = sa.select(*cols).where(due).order_by(t.c.next_retry_at, t.c.id).limit(limit)
-                if not exclusive:
-                    select = select.with_for_update(skip_locked=True)
-                rows = [OutboxRow.from_claim(r) for r in (await conn.execute(select)).all()]
+                rows = [OutboxRow.from_claim(r) for r in (await conn.execute(select.with_for_update(skip_locked=True))).all()]
                 if rows:
-                    where = [_id_in(t, [r.id for r in rows])] + ([due] if exclusive else [])
-                    changed = (await conn.execute(sa.update(t).where(*where).values(**values))).rowcount
-                    if exclusive and changed != len(rows):
-                        mine = set((await conn.execute(sa.select(t.c.id).where(t.c.claim_token == token))).scalars())
-                        rows = [r for r in rows if r.id in mine]
+                    await conn.execute(sa.update(t).where(_id_in(t, [r.id for r in rows])).values(**values))
         for row in rows:
             row.claim_token, row.next_retry_at, row.updated_at = token, lease_until, now
         rows.sort(key=lambda r: r.id)
@@ -437,10 +451,10 @@ class OutboxRepository:
         return OutboxRow.from_mapping(row) if row else None
 
 
-def _id_in(table: sa.Table, ids: Sequence[int]) -> sa.ColumnElement[bool]:
-    """``id IN (1,2,...)`` with the integers inlined: 500 bound parameters cost ~12 ms per statement through
-    SQLAlchemy + PyMySQL, the inlined list ~1 ms. Safe: every id passes through ``int()``."""
-    return sa.text(f"{table.name}.id IN ({','.join(str(int(i)) for i in ids)})")
+def _id_in(table: sa.Table, ids: Sequence[int], *, negate: bool = False) -> sa.ColumnElement[bool]:
+    """``id IN (1,2,...)`` (``negate``: ``NOT IN``) with the integers inlined: 500 bound parameters cost ~12 ms per
+    statement through SQLAlchemy + PyMySQL, the inlined list ~1 ms. Safe: every id passes through ``int()``."""
+    return sa.text(f"{table.name}.id {'NOT IN' if negate else 'IN'} ({','.join(str(int(i)) for i in ids)})")
 
 
 def _dialect(db: Executor) -> str:
