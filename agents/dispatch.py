@@ -143,15 +143,21 @@ class Dispatcher:
         return outcomes
 
     def _flush(self, service: str, events: list[Any]) -> None:
-        if self.consumption is None:
+        """Write what the Faust-table accelerators buffered during the batch: once per partition, with one of that
+        partition's events current (Faust writes a table key to the current event's changelog partition)."""
+        dedupe = getattr(self.runtime, "dedupe", None)
+        if self.consumption is None and dedupe is None:
             return
         last_of_partition = {event.message.partition: event for event in events}
         for partition, event in last_of_partition.items():
             _current_event.set(weakref.ref(event))
             try:
-                self.consumption.flush(service, partition)
+                if self.consumption is not None:
+                    self.consumption.flush(service, partition)
+                if dedupe is not None:
+                    dedupe.flush(partition)
             except Exception:  # noqa: BLE001 - an accelerator failure must never fail the batch
-                log.debug("consumption counters flush failed", exc_info=True)
+                log.debug("accelerator flush failed", exc_info=True)
 
     async def _one_by_one(self, service: str, events: list[Any], indexes: list[int],
                           verdicts: list[Ready | Rejected | None], outcomes: list[str]) -> None:

@@ -4,10 +4,10 @@ Entries are kept 24 hours (duplicates arrive within the relay's lease and sweep 
 kept per (service, partition), because a Faust table key must be written from its own partition; readers sum
 them. After a worker restart the counters come back from the changelog.
 
-Cost: :meth:`record` writes one state key (one changelog message); counts are buffered and written by
-:meth:`flush` once per (service, partition) per agent batch, so counters cost one changelog message per batch and
-partition instead of one per event. Counts recorded but not yet flushed when a worker dies are lost with it (the
-batch is redelivered, and its duplicates are not counted again: counters may undercount by at most one batch).
+Cost: state entries and counts are buffered and written by :meth:`flush` once per (service, partition) per agent
+batch: two changelog messages per batch and partition (one state segment, one counters key) instead of one per
+event. What was recorded but not yet flushed when a worker dies is lost with it (the batch is redelivered, and its
+duplicates are not counted again: counters may undercount by at most one batch).
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ class ConsumptionTable:
         pending[status] = pending.get(status, 0) + 1
 
     def flush(self, service: str, partition: int) -> None:
-        """Add the buffered counts of (service, partition) to its counters key; call while processing an event of
-        that partition (Faust writes the changelog of the current event's partition)."""
+        """Write the buffered state entries of ``partition`` and add the buffered counts of (service, partition) to
+        its counters key; call while processing an event of that partition (Faust writes the changelog of the
+        current event's partition)."""
+        self.state.flush(partition)
         pending = self._pending.pop((service, partition), None)
         if not pending:
             return

@@ -2,7 +2,9 @@
 
 Keys are ``<user_id>:<trigger_type>:<window start>`` and messages are keyed by user id, so a key always lives in
 the partition of its user's events. Only terminal statuses (sent/dead/skipped) are stored, and only after the
-database committed them, so a hit is always right; a miss falls through to the database.
+database committed them, so a hit is always right; a miss falls through to the database. Entries are visible to
+this worker at once and reach the changelog at the dispatcher's :meth:`flush` at the end of the batch (one message
+per batch and partition, :mod:`tables.expiring`).
 """
 
 from __future__ import annotations
@@ -23,3 +25,6 @@ class DedupeWindows:
 
     def remember(self, dedupe_key: str, status: str) -> None:
         self.store.set(dedupe_key, {"s": status})
+
+    def flush(self, partition: int) -> None:
+        self.store.flush(partition)

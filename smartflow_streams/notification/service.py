@@ -52,6 +52,10 @@ class DedupeCache(Protocol):
 
     def remember(self, dedupe_key: str, status: str) -> None: ...
 
+    def flush(self, partition: int) -> None:
+        """Write what :meth:`remember` buffered for ``partition``; the dispatcher calls it once per batch and
+        partition."""
+
 
 @dataclass
 class HandleResult:
