@@ -127,6 +127,7 @@ class Dispatcher:
             rest, batches = [], {}
             seen: set[int] = set()
             for index, event in enumerate(events):
+                _current_event.set(weakref.ref(event))  # the accelerators read the event's partition
                 verdict = verdicts[index] = self._classify(service, event.value or b"")
                 if (isinstance(verdict, Ready) and getattr(verdict.spec.fn, "batch", None) is not None
                         and verdict.env.outbox_id not in seen):

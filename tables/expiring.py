@@ -9,8 +9,9 @@ batch and partition, whatever the batch size.
 
 Invariants and limits:
 - Reads go through an in-memory index (entry key -> segment), built from the table the first time a partition is
-  seen (Faust recovers the table from the changelog before the agent gets events of a newly assigned partition);
-  entries written by this process are visible at once, before their segment is flushed.
+  seen in a read or write with a current event of it (Faust recovers the table from the changelog before the agent
+  gets events of a newly assigned partition): O(1) per read after that. Entries written by this process are visible
+  at once, before their segment is flushed.
 - An entry is ignored once ``ttl`` has passed since its write; while processing partition P, at most 100 expired
   segments of P are deleted per flush (oldest first), so memory stays bounded by ``ttl x event rate``.
 - Faust only lets a table key be written while processing an event of the key's partition, so writes and flushes
@@ -47,10 +48,10 @@ class ExpiringTable:
 
     def get(self, key: str) -> dict[str, Any] | None:
         partition = _partition_or_none()
-        if partition is None:
-            self._index_all()
-        else:
+        if partition is not None:
             self._partition_segments(partition)
+        elif not self._segments:  # outside stream processing, before any event: index what the table holds, once
+            self._index_all()
         entry = self._index.get(key)
         if entry is None or entry[0] + self.ttl < time.time():
             return None

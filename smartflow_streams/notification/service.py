@@ -116,7 +116,7 @@ class NotificationService:
         but not recorded. Cost for N events: ~4 + 6 * N / 16 statements. ``activate(i)`` is called before the dedupe
         cache is written for item ``i`` (the worker makes item ``i``'s Kafka event current so a Faust table write
         goes to its partition). Items sharing a dedupe key share one claim and one POST; the later ones are
-        ``reused`` and finish with the first.
+        ``reused`` and finish with the first. ``activate(i)`` also precedes the dedupe-cache read of item ``i``.
         """
         results: list[HandleResult | Exception | None] = [None] * len(items)
         remember: list[tuple[int, str, str]] = []  # (item, dedupe key, terminal status) for the cache
@@ -133,6 +133,8 @@ class NotificationService:
                     results[i] = HandleResult(outbox="duplicate" if dup else state[outbox_id].value)
                     continue
                 seen.add(outbox_id)
+                if activate is not None:
+                    activate(i)
                 cached = self.dedupe.terminal_status(payload.dedupe_key) if self.dedupe else None
                 if cached is not None:
                     consumed_now.append(outbox_id)

@@ -368,7 +368,6 @@ class Scenario:
         self.insert_failures = 0
         self.requested_at = None
         self.relay_kills = 0
-        self._dead_tokens: set[str] = set()
         self.worker_kills = 0
         # record id -> (user id, attempt_count) of every record `sending` right after a worker kill -9
         self._sending_at_worker_kill: dict[int, tuple[int, int]] = {}
@@ -508,17 +507,13 @@ class Scenario:
         self.retired.append(proc)
         self.note("kill -9", name=proc.name, pid=proc.popen.pid)
 
-    async def claimed_rows(self) -> int:
-        """Rows currently claimed (between a relay's claim and its mark), ignoring claims of killed relays."""
-        return len(await self._claims())
-
-    async def _claims(self) -> list[tuple[int, str]]:
-        out: list[tuple[int, str]] = []
+    async def due_rows(self) -> int:
+        """Outbox rows pending and due: what the leading relay is reading or publishing right now (the table lease
+        is its claim, so its batch carries no per-row mark until it is marked published)."""
+        now = clock.db_now()
         async with self.engine.connect() as conn:
-            for t in (AS_TABLE, N_TABLE):
-                out += [(int(i), str(tok)) for i, tok in (await conn.execute(sa.select(t.c.id, t.c.claim_token).where(
-                    t.c.status == "pending", t.c.claim_token.is_not(None)))).all() if tok not in self._dead_tokens]
-        return out
+            return sum(int((await conn.execute(sa.select(sa.func.count()).where(
+                t.c.status == "pending", t.c.next_retry_at <= now))).scalar()) for t in (AS_TABLE, N_TABLE))
 
     async def leader_relay(self, table: str = AS_TABLE_NAME) -> Proc | None:
         async with self.engine.connect() as conn:
@@ -530,20 +525,19 @@ class Scenario:
         return next((p for p in self.relays if p.popen.pid == pid), None)
 
     async def kill_relay_mid_batch(self, proc: Proc | None = None, timeout: float = 8.0) -> dict[str, Any]:
-        """kill -9 a relay the moment it holds claimed rows (between claim and mark), else after ``timeout``."""
+        """kill -9 a relay the moment rows are due (it polls every <= 50 ms, so it is reading or publishing them),
+        else after ``timeout``."""
         deadline = time.monotonic() + timeout
         seen = 0
         while time.monotonic() < deadline:
-            seen = await self.claimed_rows()
+            seen = await self.due_rows()
             if seen:
                 break
             await asyncio.sleep(0.003)
         victim = proc or await self.leader_relay() or self.relays[0]
         self.kill(victim)
-        claims = await self._claims()  # rows the dead relay left claimed: recovered only by the claim lease
-        self._dead_tokens.update(tok for _, tok in claims)
-        left = len(claims)
-        info = {"relay": victim.name, "claimed_seen": seen, "left_claimed_after_kill": left}
+        left = await self.due_rows()  # read or published by the dead relay but not marked: the next holder sends them
+        info = {"relay": victim.name, "due_seen": seen, "due_after_kill": left}
         self.note("relay killed", **info)
         return info
 
@@ -1007,7 +1001,8 @@ async def run_case(name: str, fn: Callable[..., Awaitable[dict[str, Any]]], *arg
 
 async def case_a_relay_kill9(db_url: str, workdir: pathlib.Path, *, rate: float = 8, duration: float = 10,
                              kills: int = 3) -> dict[str, Any]:
-    """kill -9 of the relay mid-batch (between claim and mark), ``kills`` times, restarted each time."""
+    """kill -9 of the relay mid-batch (rows due: being read or published, not yet marked), ``kills`` times,
+    restarted each time (the new process waits out the dead one's 3 s table lease)."""
     async with Scenario("a_relay_kill9", db_url, workdir, relays=1, workers=1, rate=rate) as sc:
         sc.start_load()
         started = time.monotonic()
