@@ -511,9 +511,12 @@ class Scenario:
         """Outbox rows pending and due: what the leading relay is reading or publishing right now (the table lease
         is its claim, so its batch carries no per-row mark until it is marked published)."""
         now = clock.db_now()
+        due = 0
         async with self.engine.connect() as conn:
-            return sum(int((await conn.execute(sa.select(sa.func.count()).where(
-                t.c.status == "pending", t.c.next_retry_at <= now))).scalar()) for t in (AS_TABLE, N_TABLE))
+            for t in (AS_TABLE, N_TABLE):
+                due += int((await conn.execute(sa.select(sa.func.count()).where(
+                    t.c.status == "pending", t.c.next_retry_at <= now))).scalar())
+        return due
 
     async def leader_relay(self, table: str = AS_TABLE_NAME) -> Proc | None:
         async with self.engine.connect() as conn:
