@@ -10,7 +10,8 @@ and `faust worker` processes, rate limiter off. Measures:
    notification claim/POST/outcome), with the CPU milliseconds each component (workers, relay, MariaDB, broker,
    this process: load generator + webhook) spent per event;
 2. end-to-end latency at fixed offered loads: trigger outbox row committed -> trigger handler done (its row
-   `consumed_at`) and -> webhook `sent_at`, p50/p95/p99, 1 worker;
+   `consumed_at`) and -> webhook `sent_at`, p50/p95/p99, 1 worker (and, for ``--split-loads``, 2 workers one per
+   service);
 3. peak RSS of the relay and of a worker during (1);
 4. ``--memory 10000,100000``: peak RSS of the relay and of one worker over ``--memory-seconds`` (60) after the worker
    is ready, with that many triggers pending (bulk-inserted upstream rows): memory must not grow with the backlog.
@@ -131,15 +132,8 @@ async def throughput(base_url: str, bootstrap: str, hook: Webhook, n: int, worke
     env.update(extra_env or {})
     LOGS.mkdir(parents=True, exist_ok=True)
     relay = spawn_relay(env, LOGS / f"relay-{tag}.log")
-    procs = []
-    for w in range(workers):
-        wenv = {**env, "SMARTFLOW_WORKER__WEB_PORT": str(free_port()),
-                "SMARTFLOW_WORKER__DATADIR": f"/tmp/sf-bench-{tag}-{w}"}
-        if split:  # per-service groups, named per run (Faust tables' changelogs are named after the group)
-            service = ["active-scheduler", "notification"][w % 2]
-            wenv["SMARTFLOW_WORKER__SERVICES"] = f'["{service}"]'
-            wenv[f"SMARTFLOW_SERVICES__{service.upper().replace('-', '_')}__GROUP_ID"] = f"sf-{tag}-{service}"
-        procs.append(spawn_worker(wenv, LOGS / f"worker-{tag}-{w}.log"))
+    procs = [spawn_worker(wenv, LOGS / f"worker-{tag}-{w}.log")
+             for w, wenv in enumerate(worker_envs(env, tag, workers, split))]
     peak_worker = peak_relay = 0.0
     try:
         await asyncio.gather(*(wait_worker_ready(LOGS / f"worker-{tag}-{w}.log", 90) for w in range(workers)))
@@ -200,17 +194,35 @@ async def memory(base_url: str, bootstrap: str, hook: Webhook, backlog: int, sec
     return {"worker_rss_mb": peak_worker, "relay_rss_mb": peak_relay, "sent": float(done)}
 
 
-async def latency(base_url: str, bootstrap: str, hook: Webhook, rate: float, seconds: float) -> dict[str, float]:
+def worker_envs(env: dict[str, str], tag: str, workers: int, split: bool) -> list[dict[str, str]]:
+    """Environments of ``workers`` worker processes; ``split``: one per service, each in its own per-run group
+    (Faust tables' changelogs are named after the group), as production should run."""
+    envs = []
+    for w in range(workers):
+        wenv = {**env, "SMARTFLOW_WORKER__WEB_PORT": str(free_port()),
+                "SMARTFLOW_WORKER__DATADIR": f"/tmp/sf-bench-{tag}-{w}"}
+        if split:
+            service = ["active-scheduler", "notification"][w % 2]
+            wenv["SMARTFLOW_WORKER__SERVICES"] = f'["{service}"]'
+            wenv[f"SMARTFLOW_SERVICES__{service.upper().replace('-', '_')}__GROUP_ID"] = f"sf-{tag}-{service}"
+        envs.append(wenv)
+    return envs
+
+
+async def latency(base_url: str, bootstrap: str, hook: Webhook, rate: float, seconds: float,
+                  split: bool = False) -> dict[str, float]:
+    """``split``: two workers, one per service (production layout); else one worker for both services."""
     url = await fresh_database(base_url)
     total = int(rate * seconds)
     tag = uuid.uuid4().hex[:8]
     settings, engine = await prepare(url, hook, range(1, total + 1), tag)
     env = env_for(url, bootstrap, tag)
     relay = spawn_relay(env, LOGS / f"relay-{tag}.log")
-    worker = spawn_worker(env, LOGS / f"worker-{tag}.log")
+    envs = worker_envs(env, tag, 2 if split else 1, split)
+    workers = [spawn_worker(wenv, LOGS / f"worker-{tag}-{w}.log") for w, wenv in enumerate(envs)]
     sessions = session_factory(engine)
     try:
-        await wait_worker_ready(LOGS / f"worker-{tag}.log", 90)
+        await asyncio.gather(*(wait_worker_ready(LOGS / f"worker-{tag}-{w}.log", 90) for w in range(len(envs))))
         await asyncio.sleep(2)
         inserting = asyncio.Semaphore(16)  # one producer transaction per trigger, up to 16 in flight
 
@@ -237,7 +249,8 @@ async def latency(base_url: str, bootstrap: str, hook: Webhook, rate: float, sec
                 "SELECT t.created_at AS created_at, n.sent_at AS sent_at FROM active_schedule_triggers t "
                 "JOIN notification_records n ON n.trigger_id = t.id WHERE n.status = 'sent'"))).all()]
     finally:
-        terminate(worker)
+        for worker in workers:
+            terminate(worker)
         terminate(relay)
         await engine.dispose()
     out = {f"handler_{k}": v for k, v in percentiles(handler).items()}
@@ -253,6 +266,8 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--loads", default="50,200,1000")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--split-loads", default="200",
+                        help="offered loads also measured with two workers, one per service (empty: none)")
     parser.add_argument("--db", default="mariadb", choices=["mariadb", "sqlite"])
     parser.add_argument("--max-in-flight", type=int, default=16, help="worker.max_in_flight")
     parser.add_argument("--memory", default="", help="backlogs for the RSS check, e.g. 10000,100000 (off by default)")
@@ -292,8 +307,10 @@ async def main() -> None:
               f"{1000 / one['cpu_ms_worker']:,.0f} events/s per worker with a core to itself")
         print("\n| offered events/s | achieved | commit->handler done p50/p95/p99 ms | commit->webhook sent p50/p95/p99 ms |"
               " delivered |\n|---|---|---|---|---|")
-        for load in args.loads.split(","):
-            r = results[f"load {load}"]
+        rows = [(load, results[f"load {load}"]) for load in args.loads.split(",")]
+        rows += [(f"{load}, 2 workers one per service", results[f"split load {load}"])
+                 for load in filter(None, args.split_loads.split(","))]
+        for load, r in rows:
             print(f"| {load} | {r['offered']:.0f} | {r['handler_p50']:.0f} / {r['handler_p95']:.0f} / "
                   f"{r['handler_p99']:.0f} | {r['sent_p50']:.0f} / {r['sent_p95']:.0f} / {r['sent_p99']:.0f} | "
                   f"{r['done']:.0f}/{r['total']:.0f} |")
@@ -324,6 +341,10 @@ async def run_all(url: str, bootstrap: str, hook: Webhook, args: argparse.Namesp
     for load in [] if args.only_memory else args.loads.split(","):
         print(f"latency at {load} events/s ...", flush=True)
         results[f"load {load}"] = await latency(url, bootstrap, hook, float(load), args.latency_seconds)
+    for load in [] if args.only_memory else filter(None, args.split_loads.split(",")):
+        print(f"latency at {load} events/s, one worker per service ...", flush=True)
+        results[f"split load {load}"] = await latency(url, bootstrap, hook, float(load), args.latency_seconds,
+                                                      split=True)
     for backlog in filter(None, args.memory.split(",")):
         print(f"memory with {backlog} pending triggers ...", flush=True)
         results[f"memory {backlog}"] = await memory(url, bootstrap, hook, int(backlog), args.memory_seconds)
