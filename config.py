@@ -86,6 +86,9 @@ class WorkerSettings(BaseModel):
     batched_handlers: bool = Field(
         True, description="handlers that can (both contract events) process a whole batch in a few multi-row "
         "statements; false = one event at a time (the reference path, also the fallback when a batch fails)")
+    consumption_state_seconds: int = Field(
+        3600, ge=60, description="how long the consumption-state table remembers a consumed/dead outbox id (relay "
+        "duplicates arrive within minutes; older ones are decided by the database); memory ~0.3 KB per entry")
 
 
 class NotificationSettings(BaseModel):

@@ -11,8 +11,9 @@ Invariants:
 - Per-key order: rows are published in id order within a batch, batches one after another, one active relay per
   table (exclusive mode). It is kept under normal operation; a row that fails while later rows of its key succeed
   is retried after them (upstream has the same property, spec 5).
-- Pipelining (MySQL): batch N waits for acks and is marked while N+1 is claimed and built; N+1 is published only
-  after N is marked, so a crash leaves at most one batch (500 rows) published but unmarked, as without pipelining.
+- Pipelining (MySQL): batch N waits for acks and is marked while N+1 is read (N's rows excluded: they are still
+  pending) and built; N+1 is published only after N is marked, so a crash leaves at most one batch (500 rows)
+  published but unmarked, as without pipelining.
 - Poison (unparseable shell) goes ``dead`` with the reason; Kafka failures go back with backoff (n² s), ``dead``
   after ``max_retry`` (20). A broken DB or broker never ends the loop: the error is logged and the loop backs off
   (0.1 s doubling to 5 s).
@@ -122,7 +123,7 @@ class TableRelay:
     async def step(self) -> int:
         """Claim and start publishing one batch; returns the number of rows claimed.
 
-        Pipelined (MySQL): batch N's acks and marks run in a task while the loop claims and builds batch N+1;
+        Pipelined (MySQL): batch N's acks and marks run in a task while the loop reads and builds batch N+1;
         N+1 is handed to the producer only after N is marked, so at most one batch is ever published but not
         marked (the duplicates a crash can cause) and batches reach Kafka in claim order. SQLite (one writer)
         runs one batch at a time.

@@ -65,7 +65,7 @@ def build_app(settings: Settings | None = None, **overrides: Any) -> faust.App:
     app.smartflow_fetch_max_wait_ms = worker.fetch_max_wait_ms  # type: ignore[attr-defined]
     _install_fetch_wait()
 
-    consumption = ConsumptionTable(app, worker.topic_partitions)
+    consumption = ConsumptionTable(app, worker.topic_partitions, worker.consumption_state_seconds)
     dedupe = DedupeWindows(app, settings.notification.dedupe_window_seconds, worker.topic_partitions)
     runtime = WorkerRuntime(settings, dedupe=dedupe, consumption=consumption)
     app.smartflow_runtime = runtime  # type: ignore[attr-defined]

@@ -1,6 +1,9 @@
 """Consumption state: (service, outbox id) -> consumed/dead and when, plus per-service counters.
 
-Entries are kept 24 hours (duplicates arrive within the relay's lease and sweep windows, minutes). Counters are
+Entries are kept ``worker.consumption_state_seconds`` (1 hour): relay duplicates arrive within its table lease and
+stale-published sweep windows (seconds to 10 minutes), and anything older (a consumer group reset to the beginning)
+is decided by the database's row status, as every duplicate is. Memory: ~0.3 KB per entry, so about 1 hour x the
+event rate (300 events/s: ~1M entries, ~300 MB); values are shared objects, one per status. Counters are
 kept per (service, partition), because a Faust table key must be written from its own partition; readers sum
 them. After a worker restart the counters come back from the changelog.
 
@@ -16,14 +19,12 @@ import time
 
 import faust
 
-from tables.expiring import ExpiringTable, _current_partition
-
-RETENTION_SECONDS = 24 * 3600
+from tables.expiring import ExpiringTable, _current_partition, status_value
 
 
 class ConsumptionTable:
-    def __init__(self, app: faust.App, partitions: int) -> None:
-        self.state = ExpiringTable(app, "outbox-consumption-state", RETENTION_SECONDS, partitions,
+    def __init__(self, app: faust.App, partitions: int, retention_seconds: float) -> None:
+        self.state = ExpiringTable(app, "outbox-consumption-state", retention_seconds, partitions,
                                    help="service:outbox_id -> consumed/dead")
         self.counters = app.Table("outbox-consumption-counters", default=dict, partitions=partitions,
                                   help="service:partition -> {status: count}")
@@ -35,7 +36,7 @@ class ConsumptionTable:
 
     def record(self, service: str, outbox_id: int, status: str, counted: bool = True) -> None:
         """Remember the row's terminal status; ``counted``: it became terminal just now (not a duplicate)."""
-        self.state.set(f"{service}:{outbox_id}", {"s": status})
+        self.state.set(f"{service}:{outbox_id}", status_value(status))
         if not counted:
             return
         pending = self._pending.setdefault((service, _current_partition()), {})

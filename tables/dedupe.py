@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import faust
 
-from tables.expiring import ExpiringTable
+from tables.expiring import ExpiringTable, status_value
 
 
 class DedupeWindows:
@@ -24,7 +24,7 @@ class DedupeWindows:
         return value.get("s") if value else None
 
     def remember(self, dedupe_key: str, status: str) -> None:
-        self.store.set(dedupe_key, {"s": status})
+        self.store.set(dedupe_key, status_value(status))
 
     def flush(self, partition: int) -> None:
         self.store.flush(partition)

@@ -111,6 +111,15 @@ class ExpiringTable:
         return len(self._index)
 
 
+def status_value(status: str) -> dict[str, str]:
+    """The entry value ``{"s": status}``, one shared object per status (entry values are never mutated): ~0.2 KB
+    less per entry than a dict each."""
+    return _STATUS_VALUES.setdefault(status, {"s": status})
+
+
+_STATUS_VALUES: dict[str, dict[str, str]] = {}
+
+
 def _entries(segment: str, value: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(value, dict):
         return {}
