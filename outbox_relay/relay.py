@@ -101,7 +101,7 @@ class TableRelay:
                 if n >= relay.batch_size:
                     delay = 0.0
                 elif n > 0:
-                    delay = 0.002
+                    delay = relay.partial_poll_ms / 1000
                 else:
                     delay = min(max(delay * 2, 0.005), relay.idle_poll_max_ms / 1000)
             if delay:

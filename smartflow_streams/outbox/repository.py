@@ -124,6 +124,7 @@ class OutboxRepository:
     ) -> None:
         self.route = route
         self.table = outbox_table(route.table)
+        self._insert = sa.insert(self.table)
         self._registry = registry or default_registry
         self._settings = settings
 
@@ -166,7 +167,9 @@ class OutboxRepository:
         """
         row = self.pending_row(event_type, payload, message_key=message_key, event_version=event_version,
                                event_id=event_id, aggregate_id=aggregate_id, max_retry=max_retry)
-        result = await db.execute(sa.insert(self.table).values(**row))
+        # The row as execution parameters, not .values(): the statement is then the same object every time and
+        # SQLAlchemy reuses its compiled form (building a statement per row cost ~0.3 ms of CPU per insert).
+        result = await db.execute(self._insert, row)
         return int(result.inserted_primary_key[0])
 
     async def enqueue_rows(self, db: Executor, rows: Sequence[dict[str, Any]]) -> None:

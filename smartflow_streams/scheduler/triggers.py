@@ -49,7 +49,7 @@ from smartflow_streams.contracts.events import (
     TriggerSource,
     TriggerType,
 )
-from smartflow_streams.db.models import active_schedule_triggers as triggers_t, json_param
+from smartflow_streams.db.models import active_schedule_triggers as triggers_t, json_bind, json_param, json_text
 from smartflow_streams.errors import ContractError
 from smartflow_streams.outbox.repository import OutboxRepository
 from smartflow_streams.timefmt import to_zone
@@ -171,19 +171,28 @@ def _newest(select: sa.Select[Any]) -> sa.Select[Any]:
     return select.where(t.c.deleted_at.is_(None)).order_by(t.c.created_at.desc(), t.c.id.desc()).limit(1)
 
 
+def _lookup(key_condition: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    t = triggers_t
+    return _newest(sa.select(t.c.id, t.c.status, t.c.preview_id, t.c.trace_id).where(
+        t.c.user_id == sa.bindparam("user_id"), t.c.trigger_type == sa.bindparam("trigger_type"), key_condition))
+
+
+# Built once, values bound per call: SQLAlchemy reuses the compiled statements.
+_BY_IDEMPOTENCY_KEY = _lookup(triggers_t.c.idempotency_key == sa.bindparam("key"))
+_BY_DEDUPE_KEY = _lookup(sa.and_(triggers_t.c.dedupe_key == sa.bindparam("key"),
+                                 triggers_t.c.status.in_(ACTIVE_TRIGGER_STATUSES)))
+
+
 async def find_existing(session: AsyncSession, user_id: int, trigger_type: str, idempotency_key: str,
                         dedupe_key: str) -> Any | None:
     """The trigger a request dedupes to (see module docstring), or ``None``."""
-    t = triggers_t
-    base = sa.select(t.c.id, t.c.status, t.c.preview_id, t.c.trace_id).where(
-        t.c.user_id == user_id, t.c.trigger_type == trigger_type)
     if idempotency_key:
-        select = base.where(t.c.idempotency_key == idempotency_key)
+        select, key = _BY_IDEMPOTENCY_KEY, idempotency_key
     elif dedupe_key:
-        select = base.where(t.c.dedupe_key == dedupe_key, t.c.status.in_(ACTIVE_TRIGGER_STATUSES))
+        select, key = _BY_DEDUPE_KEY, dedupe_key
     else:
         return None
-    return (await session.execute(_newest(select))).first()
+    return (await session.execute(select, {"user_id": user_id, "trigger_type": trigger_type, "key": key})).first()
 
 
 # -- creation ----------------------------------------------------------------------------------------------------
@@ -246,16 +255,21 @@ async def create_trigger(session: AsyncSession, req: TriggerRequest, settings: S
     return TriggerResult(trigger_id, TriggerStatus.PENDING.value, None, False, norm.trace_id)
 
 
+# One statement object for every trigger, the values as execution parameters: SQLAlchemy reuses its compiled form
+# (a statement built per call with .values() cost ~0.3 ms of CPU per trigger in coercion and cache keys).
+_INSERT_TRIGGER = sa.insert(triggers_t).values(payload_json=json_bind("payload_json_text"))
+
+
 async def _insert_trigger(session: AsyncSession, event: ActiveScheduleTriggeredPayload, job_id: str) -> None:
     now = clock.db_now()
-    await session.execute(sa.insert(triggers_t).values(
+    await session.execute(_INSERT_TRIGGER, dict(
         id=event.trigger_id, user_id=event.user_id, trigger_type=event.trigger_type, source=event.source,
         target_type=event.target_type, target_id=event.target_id, feedback_id=event.feedback_id or None,
         job_id=job_id or None, idempotency_key=event.idempotency_key or None, dedupe_key=event.dedupe_key,
         status=TriggerStatus.PENDING.value,
         mock_now=None if event.mock_now is None else event.mock_now.replace(tzinfo=None),
         is_mock_time=event.is_mock_time, requested_at=event.requested_at.replace(tzinfo=None),
-        payload_json=json_param(event.payload or "{}"), trace_id=event.trace_id, created_at=now, updated_at=now,
+        payload_json_text=json_text(event.payload or "{}"), trace_id=event.trace_id, created_at=now, updated_at=now,
     ))
 
 
