@@ -48,7 +48,7 @@ class RelaySettings(BaseModel):
     table_lease_seconds: float = Field(10.0, gt=0, description="leader lease per table when exclusive; a crashed leader's rows are published by the next one after it")
     idle_poll_max_ms: int = Field(50, ge=1, description="poll interval ceiling when a table is idle")
     partial_poll_ms: float = Field(
-        2.0, ge=0, description="wait after a partial batch before the next read: rows committed meanwhile go out "
+        10.0, ge=0, description="wait after a partial batch before the next read: rows committed meanwhile go out "
         "together (fewer, bigger batches under light load) at the cost of up to this much latency per row")
     publish_timeout_seconds: float = Field(10.0, gt=0, description="per-batch Kafka delivery timeout")
     topic_check_timeout_seconds: float = Field(10.0, gt=0)
