@@ -43,9 +43,14 @@ class OutboxSettings(BaseModel):
 class RelaySettings(BaseModel):
     services: list[str] = Field(default_factory=list, description="services to relay; empty = whole catalog")
     batch_size: int = Field(500, ge=1, le=10_000)
-    lease_seconds: float = Field(30.0, gt=0, description="row claim lease in shared mode (exclusive=false); a crashed relay's rows are due again after it")
-    exclusive: bool = Field(True, description="one active relay per table (table lease, also its claim on the rows) so per-key order holds")
-    table_lease_seconds: float = Field(10.0, gt=0, description="leader lease per table when exclusive; a crashed leader's rows are published by the next one after it")
+    lease_seconds: float = Field(
+        30.0, gt=0, description="row claim lease in shared mode (exclusive=false); a crashed relay's rows are due "
+        "again after it")
+    exclusive: bool = Field(
+        True, description="one active relay per table (table lease, also its claim on the rows) so per-key order holds")
+    table_lease_seconds: float = Field(
+        10.0, gt=0, description="leader lease per table when exclusive; a crashed leader's rows are published by the "
+        "next one after it")
     idle_poll_max_ms: int = Field(50, ge=1, description="poll interval ceiling when a table is idle")
     partial_poll_ms: float = Field(
         10.0, ge=0, description="wait after a partial batch before the next read: rows committed meanwhile go out "

@@ -255,7 +255,8 @@ class OutboxRepository:
                 rows = [OutboxRow.from_claim(r) for r in result.all()]
             else:
                 select = sa.select(*cols).where(due).order_by(t.c.next_retry_at, t.c.id).limit(limit)
-                rows = [OutboxRow.from_claim(r) for r in (await conn.execute(select.with_for_update(skip_locked=True))).all()]
+                result = await conn.execute(select.with_for_update(skip_locked=True))
+                rows = [OutboxRow.from_claim(r) for r in result.all()]
                 if rows:
                     await conn.execute(sa.update(t).where(_id_in(t, [r.id for r in rows])).values(**values))
         for row in rows:
