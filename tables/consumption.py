@@ -2,8 +2,8 @@
 
 Entries are kept ``worker.consumption_state_seconds`` (1 hour): relay duplicates arrive within its table lease and
 stale-published sweep windows (seconds to 10 minutes), and anything older (a consumer group reset to the beginning)
-is decided by the database's row status, as every duplicate is. Memory: ~0.3 KB per entry, so about 1 hour x the
-event rate (300 events/s: ~1M entries, ~300 MB); values are shared objects, one per status. Counters are
+is decided by the database's row status, as every duplicate is. Memory: 227 bytes per entry (tracemalloc), so
+about 1 hour x the event rate (300 events/s: ~1M entries, ~230 MB); values are shared objects, one per status. Counters are
 kept per (service, partition), because a Faust table key must be written from its own partition; readers sum
 them. After a worker restart the counters come back from the changelog.
 

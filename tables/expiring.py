@@ -91,11 +91,11 @@ class ExpiringTable:
     def _partition_segments(self, partition: int) -> deque[tuple[float, str]]:
         segments = self._segments.get(partition)
         if segments is None:
-            found = sorted((v.get("t", 0.0), k) for k, v in list(self.table.items())
-                           if isinstance(v, dict) and v.get("p") == partition)
-            segments = self._segments[partition] = deque(found)
-            for written, segment in found:
-                for key, value in _entries(segment, self.table.get(segment)).items():
+            found = sorted(((v.get("t", 0.0), k, v) for k, v in list(self.table.items())
+                            if isinstance(v, dict) and v.get("p") == partition), key=lambda f: (f[0], f[1]))
+            segments = self._segments[partition] = deque((written, segment) for written, segment, _ in found)
+            for written, segment, stored in found:
+                for key, value in _entries(segment, stored).items():
                     current = self._index.get(key)
                     if current is None or current[0] <= written:
                         self._index[key] = (written, segment, value)
