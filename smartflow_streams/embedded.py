@@ -9,7 +9,8 @@ consumer-group join takes ``session_timeout / 2``. :data:`TANSU_FAUST_SETTINGS` 
 make a worker ready in about 5 s and keep changelog recovery exact on it. Tansu also holds every fetch for the
 consumer's whole ``fetch_max_wait_ms`` even when records arrive meanwhile (Apache Kafka answers at once), and Faust
 hard-codes 1500 ms: :func:`tansu_env` sets ``worker.fetch_max_wait_ms`` to 10 ms, which took the commit->handler
-p50 at 20 events/s from ~630 ms to ~210 ms (``bench/pipeline_bench.py``; the rest is worker CPU, see README).
+p50 at 20 events/s from ~630 ms to ~210 ms (``bench/pipeline_bench.py``; the rest is worker CPU, see
+docs/benchmarks.md#pipeline).
 """
 
 from __future__ import annotations
