@@ -1,6 +1,6 @@
 """``active_schedule.triggered`` handler (owner: active-scheduler): the trigger workflow inside the consume
-transaction (upstream 8.4). On failure the transaction rolls back and, afterwards, the trigger is marked
-``failed`` (``worker_failed``) in its own transaction, best effort, as upstream; the outbox row goes to retry.
+transaction (docs/upstream.md#trigger-workflow). On failure the transaction rolls back and, afterwards, the trigger is
+marked ``failed`` (``worker_failed``) in its own transaction, best effort, as upstream; the outbox row goes to retry.
 A batch runs :func:`run_trigger_workflow_many` in one transaction (5 statements for the workflow + 2 for the outbox
 rows, whatever the batch size); any failure in it sends the batch one by one, where the failing event is recorded.
 """

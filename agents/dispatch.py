@@ -2,13 +2,14 @@
 
 Invariants:
 - :meth:`Dispatcher.handle` never raises (except cancellation): Faust acks a message even when an agent raises,
-  so every failure is caught, classified and recorded here (upstream spec 6.2, with traps 11 and 16 fixed).
+  so every failure is caught, classified and recorded here (docs/upstream.md#consumer-loop;
+  docs/upstream.md#malformed-messages-end-dead).
 - Poison -> outbox row ``dead`` with the reason: envelope JSON invalid but ``outbox_id`` recoverable, blank
   ``event_type``, no handler in this service, unsupported ``event_version``, payload invalid, or a handler raising a
   non-retriable error. A message with no usable ``outbox_id`` cannot reach a row: it is stored in
   ``outbox_dead_messages`` with the reason and its raw bytes (upstream committed it silently).
 - Transient failure -> ``mark_failed_for_retry`` (backoff n² s, ``dead`` at ``max_retry``); the relay republishes.
-- Another service's message -> skipped, row untouched (upstream 3.4).
+- Another service's message -> skipped, row untouched (docs/upstream.md#event-ownership).
 - Recording a failure is retried for up to ~30 s (DB restarting). If it still fails, the message is acked with the
   row left ``published``; the relay's stale-published sweep (``relay.republish_after_seconds``, default 600 s)
   republishes it, so nothing is lost, only delayed. That is the documented answer to "a failure to record a

@@ -289,7 +289,7 @@ async def main() -> None:
     finally:
         await runner.cleanup()
     print(f"\nmachine: {machine()}")
-    print(f"settings: db={args.db}, broker Tansu memory:// (Faust producer_max_batch_size=1, infra-notes 1.4), "
+    print(f"settings: db={args.db}, broker Tansu memory:// (Faust producer_max_batch_size=1, as Tansu needs), "
           f"rate limiter off, instant local webhook, 3 partitions, agents take batches of <= 200 events, "
           f"worker.max_in_flight={MAX_IN_FLIGHT} keys concurrently per agent")
     if not args.only_memory:

@@ -142,7 +142,8 @@ async def relay_drain(settings, n: int) -> tuple[float, float]:  # type: ignore[
 
 
 async def baseline(settings, n: int) -> float:  # type: ignore[no-untyped-def]
-    """Upstream dispatch loop (spec 5): scan 100 due rows, then per row: reload, parse, send and wait, mark."""
+    """Upstream dispatch loop (docs/upstream.md#relay-loop): scan 100 due rows, then per row: reload, parse, send and
+    wait, mark."""
     engine = await fresh_db(settings.database_url)
     topic = settings.services["notification"].topic
     await bulk_fill(engine, TABLE, topic, n)

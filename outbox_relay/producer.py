@@ -6,7 +6,8 @@ Invariants:
   at most one in-flight batch per partition, so the order of rows of one key is the order on the partition.
 - Failures say whether a retry helps (:class:`DeliveryFailure`): only errors about the message itself (bigger
   than ``max_request_size``, corrupt) are permanent; the relay dead-letters those at once and retries the rest.
-- No idempotent or transactional producer (Tansu rejects InitProducerId v0; infra-notes 1.4): delivery is
+- No idempotent or transactional producer (Tansu rejects InitProducerId v0;
+  docs/operations.md#tansu-and-apache-kafka): delivery is
   at-least-once and consumers dedupe by outbox id.
 - :meth:`KafkaPublisher.publish` never waits longer than ``publish_timeout_seconds`` (10 s): what is not
   acknowledged by then counts as failed and the rows go back to ``pending`` with backoff.

@@ -10,7 +10,7 @@ Invariants:
   consumers treat the second copy as a duplicate (outbox id).
 - Per-key order: rows are published in id order within a batch, batches one after another, one active relay per
   table (exclusive mode). It is kept under normal operation; a row that fails while later rows of its key succeed
-  is retried after them (upstream has the same property, spec 5).
+  is retried after them (upstream has the same property, docs/upstream.md#relay-loop).
 - Pipelining (MySQL): batch N waits for acks and is marked while N+1 is read (N's rows excluded: they are still
   pending) and built; N+1 is published only after N is marked, so a crash leaves at most one batch (500 rows)
   published but unmarked, as without pipelining.
@@ -234,7 +234,7 @@ class TableRelay:
     def _destination(self, row: OutboxRow) -> tuple[str, str]:
         if row.service_name:
             return row.service_name, row.topic or self.registry.service_route(row.service_name).topic
-        # Legacy row without service_name (trap 14): relay it to its event type's owner.
+        # Legacy row without service_name: relay it to its owner (docs/upstream.md#legacy-rows-without-a-service-name).
         try:
             owner = self.registry.owner_of(row.biz_type)
         except RouteNotRegisteredError:

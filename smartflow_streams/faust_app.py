@@ -4,7 +4,8 @@ Consumer group: Faust uses the app id as the group id. A worker started for one 
 (``SMARTFLOW_WORKER__SERVICES='["notification"]'``) uses that service's catalog group
 (``smartflow-notification-outbox-consumer``), so per-service deployments match upstream. A worker for several
 services uses ``SMARTFLOW_WORKER__GROUP_ID`` (default: ``app_id``, ``smartflow-streams``). Never run a Go consumer
-and a Faust worker in one group: their assignors differ and the group would refuse to form (trap 8 anyway).
+and a Faust worker in one group: their assignors differ and the group would refuse to form
+(docs/upstream.md#running-beside-the-go-services).
 
 Faust defaults chosen here: ``at_least_once``, ``store=memory://`` (tables rebuild from their changelogs),
 ``consumer_auto_offset_reset=earliest`` (upstream reader starts at FirstOffset), web server bound to 127.0.0.1.

@@ -1,7 +1,8 @@
 """Secret masking for logs, views, metrics and stored audit JSON.
 
 Invariant: nothing this project prints or serves contains a webhook path token, a bearer token, a signing
-secret or a database password. Webhook URLs are masked the upstream way (spec 9.6): the last path segment
+secret or a database password. Webhook URLs are masked the upstream way (docs/upstream.md#webhook-url-masking): the
+last path segment
 keeps its first 4 and last 4 characters joined by ``...`` (8 characters or fewer become ``****``); query and
 fragment are dropped.
 """

@@ -1,4 +1,5 @@
-"""Dedupe keys and ids, byte-identical to upstream (spec 8.3, 12) so Go and Python rows dedupe against each other.
+"""Dedupe keys and ids, byte-identical to upstream (docs/upstream.md#dedupe-keys, docs/upstream.md#id-formats) so Go
+and Python rows dedupe against each other.
 
 Key formats (window = 1800 s unless stated; "window start" = :func:`~smartflow_streams.timefmt.window_start`,
 rendered with Go ``time.RFC3339`` - no fraction - **in the timestamp's own zone**, e.g. ``+08:00`` or ``Z``):

@@ -1,4 +1,5 @@
-"""The two JSON layers around every event (spec 4.1) and the Go ``encoding/json`` rules they must follow.
+"""The two JSON layers around every event (docs/upstream.md#two-json-layers) and the Go ``encoding/json`` rules they
+must follow.
 
 Layers:
 
@@ -42,7 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 from smartflow_streams.errors import ContractError
 
 DEFAULT_EVENT_VERSION = "v1"
-"""Upstream shell/envelope default version (``outbox.DefaultEventVersion``); see trap 11.13."""
+"""Upstream shell/envelope default version (``outbox.DefaultEventVersion``); see
+docs/upstream.md#version-v1-accepted."""
 
 ACCEPTED_CONTRACT_VERSIONS: tuple[str, ...] = ("", "1", "v1")
 
@@ -395,7 +397,7 @@ class OutboxEventShell(GoWireModel):
 
     Construction validates: ``event_type`` non-blank, ``payload`` present and not ``null``. :meth:`parse` also
     trims every string with Go's ``TrimSpace`` and defaults a blank ``event_version`` to ``"v1"`` exactly like
-    upstream's ``parseOutboxEventPayload`` - the very default behind trap 11.13, which is why
+    upstream's ``parseOutboxEventPayload`` - the very default behind docs/upstream.md#version-v1-accepted, which is why
     :func:`check_contract_version` accepts ``"v1"``. (Upstream accepts a ``null`` payload here; we reject it.)
     """
 
@@ -496,7 +498,8 @@ class KafkaEnvelope(GoWireModel):
     """Go ``kafka.Envelope`` (@a6c1e5d), the Kafka message value.
 
     ``outbox_id`` must be > 0 and ``payload`` present and not ``null``; a blank ``event_type`` is accepted so the
-    consumer can dead-letter the row by ``outbox_id`` (spec 6.2 step 3). For envelopes that do not parse at all,
+    consumer can dead-letter the row by ``outbox_id`` (docs/upstream.md#consumer-loop step 3). For envelopes that do
+    not parse at all,
     :func:`try_outbox_id` recovers the id when it can be trusted.
     """
 
@@ -520,7 +523,8 @@ class KafkaEnvelope(GoWireModel):
 
     @classmethod
     def from_shell(cls, outbox_id: int, shell: OutboxEventShell, service_name: str = "") -> KafkaEnvelope:
-        """The relay's envelope for a row: ``event_id`` falls back to the outbox id as a decimal string (spec 5)."""
+        """The relay's envelope for a row: ``event_id`` falls back to the outbox id as a decimal string
+        (docs/upstream.md#relay-loop)."""
         return cls(
             outbox_id=outbox_id,
             event_id=go_trim_space(shell.event_id) or str(outbox_id),
@@ -588,7 +592,8 @@ def check_contract_version(version: str | None) -> None:
     """Accept ``""``, ``"1"`` or ``"v1"`` (after Go ``TrimSpace``); anything else raises ContractError.
 
     Upstream's contract handlers accept only ``""`` and ``"1"``, yet the shell parser defaults a missing
-    version to ``"v1"``, so an event published without an explicit version was dead-lettered (trap 11.13).
+    version to ``"v1"``, so an event published without an explicit version was dead-lettered
+    (docs/upstream.md#version-v1-accepted).
     We deliberately accept ``"v1"`` as well to fix that; everything we publish still says ``"1"``.
     """
     normalized = go_trim_space(version or "")

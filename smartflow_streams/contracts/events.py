@@ -1,4 +1,5 @@
-"""Event contracts ``active_schedule.triggered`` and ``notification.feishu.requested`` (spec 7.1, 7.2), version "1".
+"""Event contracts ``active_schedule.triggered`` and ``notification.feishu.requested``
+(docs/upstream.md#event-contracts), version "1".
 
 Both models are byte-compatible with the Go structs in ``backend/shared/events`` (@ba23ebd, @abe3b49):
 

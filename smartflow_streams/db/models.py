@@ -1,7 +1,8 @@
 """Table definitions (SQLAlchemy Core), schema-compatible with the upstream Go/GORM tables.
 
 Invariants:
-- Column names, types and status strings are upstream's (spec 2.1, 8.1, 9.1) so Go and Python processes can
+- Column names, types and status strings are upstream's (docs/upstream.md#outbox-tables,
+  docs/upstream.md#active-scheduler-tables, docs/upstream.md#notification-records) so Go and Python processes can
   share one database. Columns we add are nullable or defaulted, so rows written by the Go services still work:
   outbox ``claim_token`` (relay lease owner; the lease expiry reuses ``next_retry_at``), channel ``webhook_kind``,
   ``sign_secret``, ``msg_type``, record ``send_token``.
@@ -286,7 +287,8 @@ outbox_admin_audit = sa.Table(
 )
 
 # Ours: Kafka messages that cannot be tied to an outbox row (invalid JSON, no outbox_id). Upstream committed them
-# silently (trap 16); here they end in a visible dead state with the reason and the raw bytes (first 64 KiB).
+# silently (docs/upstream.md#malformed-messages-end-dead); here they end in a visible dead state with the reason and
+# the raw bytes (first 64 KiB).
 outbox_dead_messages = sa.Table(
     "outbox_dead_messages",
     metadata,

@@ -1,4 +1,4 @@
-"""User Feishu channel configuration (upstream spec 9.7): view, upsert, delete, test.
+"""User Feishu channel configuration (docs/upstream.md#channel-api): view, upsert, delete, test.
 
 Invariants: the webhook URL is validated on save (and again at send); views never carry the URL (only its mask)
 nor the bearer token or signing secret (only ``has_bearer_token``/``has_sign_secret``). Errors carry upstream's

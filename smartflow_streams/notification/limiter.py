@@ -1,6 +1,7 @@
 """Per-webhook rate limiting: a per-second token bucket plus a sliding per-minute window, per key.
 
-Feishu custom bots accept at most **5 requests/second and 100 requests/minute** per bot (field notes C.3); going
+Feishu custom bots accept at most **5 requests/second and 100 requests/minute** per bot
+(docs/upstream.md#feishu-custom-bot); going
 over answers ``11232 frequency limited``. :class:`RateLimiter` keeps, for every key (the webhook URL):
 
 * a token bucket of capacity ``max(1, rate_per_second)`` (default 5) refilled at ``rate_per_second`` tokens/s,

@@ -2,10 +2,10 @@
 
 Two webhook kinds share one provider (:class:`ChannelConfig.kind`):
 
-* ``flow`` — the upstream target (spec 9.6): a user's own *Feishu Flow* trigger webhook
+* ``flow`` — the upstream target (docs/upstream.md#feishu-flow-webhook): a user's own *Feishu Flow* trigger webhook
   ``https://{feishu.cn|www.feishu.cn}/flow/api/trigger-webhook/...``; JSON event body, optional
   ``Authorization: Bearer``, no signing.
-* ``bot`` — a Feishu/Lark *custom bot* (field notes section 3):
+* ``bot`` — a Feishu/Lark *custom bot* (docs/upstream.md#feishu-custom-bot):
   ``https://{open.feishu.cn|open.larksuite.com}/open-apis/bot/v2/hook/<token>``; ``msg_type`` ``text`` | ``post`` |
   ``interactive``; optional HMAC-SHA256 signing, re-computed with a fresh timestamp on **every** attempt (Feishu
   rejects timestamps more than 1 hour off with 19021).
@@ -28,7 +28,7 @@ Invariants and limits:
   only when ``settings.rate_limit_enabled``. The wait happens before the request and is reported in
   ``SendResult.rate_limit_wait_seconds``; the signature timestamp is taken after the wait.
 * ``send`` never raises for delivery problems (only :class:`asyncio.CancelledError` propagates); unexpected
-  errors become ``temporary_fail`` ``network_error`` as upstream (spec 9.4 step 3).
+  errors become ``temporary_fail`` ``network_error`` as upstream (docs/upstream.md#notification-sending step 3).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ FLOW_PATH_PREFIX = "/flow/api/trigger-webhook/"
 _BOT_PATH_RE = re.compile(r"/open-apis/bot/v2/hook/[A-Za-z0-9._~-]+")
 _KIND_HOSTS = {KIND_FLOW: FLOW_HOSTS, KIND_BOT: BOT_HOSTS}
 
-# Feishu custom-bot business codes (field notes C.4) that are not rate limits.
+# Feishu custom-bot business codes (docs/upstream.md#feishu-answer-classification) that are not rate limits.
 _BOT_PERMANENT_CODES = {
     9499: "payload_invalid",
     19001: "bot_token_invalid",
@@ -242,7 +242,7 @@ def _message_text(req: SendRequest) -> str:
 
 
 def build_flow_body(req: SendRequest, *, frontend_base_url: str, sent_at: str) -> dict[str, Any]:
-    """The upstream Feishu Flow event (spec 9.6); ``trace_id`` omitted when empty."""
+    """The upstream Feishu Flow event (docs/upstream.md#feishu-flow-webhook); ``trace_id`` omitted when empty."""
     body: dict[str, Any] = {
         "event": EVENT_NAME,
         "version": EVENT_VERSION,
@@ -333,7 +333,8 @@ def _snippet(body: bytes, limit: int = 200) -> str:
 
 
 def classify_flow_response(status: int, body: bytes) -> Verdict:
-    """Upstream table (spec 9.6) for a Feishu Flow webhook response that was fully read."""
+    """Upstream table (docs/upstream.md#feishu-answer-classification) for a Feishu Flow webhook response that was
+    fully read."""
     if 200 <= status < 300:
         data = _json_object(body) or {}
         code = _int_code(data.get("code"))
@@ -367,7 +368,7 @@ def _bot_code(data: Mapping[str, Any]) -> tuple[int | None, str]:
 
 
 def classify_bot_code(code: int, msg: str) -> Verdict:
-    """A non-zero custom-bot business code (field notes C.4)."""
+    """A non-zero custom-bot business code (docs/upstream.md#feishu-answer-classification)."""
     message = f"code={code} msg={msg}"
     lowered = msg.lower()
     if code in _BOT_RATE_LIMIT_CODES or any(marker in lowered for marker in _RATE_LIMIT_MESSAGES):
@@ -591,7 +592,7 @@ class WebhookProvider:
         except asyncio.TimeoutError as exc:
             message = f"no response within {self._settings.http_timeout_seconds:g}s: {_describe(exc)}"
             exchange.transport_verdict = (Outcome.TEMPORARY, "provider_timeout", redact(message))
-        except Exception as exc:  # noqa: BLE001 - any other failure is a temporary network error (spec 9.4)
+        except Exception as exc:  # noqa: BLE001 - else temporary network_error (docs/upstream.md#notification-sending)
             exchange.transport_verdict = (Outcome.TEMPORARY, "network_error", redact(_describe(exc)))
         exchange.latency = time.perf_counter() - started
         return exchange

@@ -1,4 +1,4 @@
-"""``notification_records`` state machine (upstream spec 9.2-9.5), database side only.
+"""``notification_records`` state machine (docs/upstream.md#notification-records), database side only.
 
 States: ``pending -> sending -> sent | failed | dead | skipped``; ``failed -> sending`` on retry. ``sent``, ``dead``
 and ``skipped`` are terminal.
@@ -32,7 +32,7 @@ from smartflow_streams.db.models import user_notification_channels as channels
 from smartflow_streams.notification.providers import ChannelConfig, Outcome, SendRequest, SendResult
 
 RECORD_CHANNEL = "feishu"  # records use "feishu" ...
-CONFIG_CHANNEL = "feishu_webhook"  # ... channel configs use "feishu_webhook" (trap 23)
+CONFIG_CHANNEL = "feishu_webhook"  # ... channel configs use "feishu_webhook" (docs/upstream.md#two-channel-names)
 DEFAULT_FALLBACK = "我为你生成了一份日程调整建议，请回到系统确认是否应用。"
 TERMINAL = ("sent", "dead", "skipped")
 
@@ -56,7 +56,8 @@ def _record(m: Any) -> Record:
 
 
 def normalise_texts(summary: str, fallback: str, max_chars: int) -> tuple[str, str, bool]:
-    """Upstream 9.3: a summary that is empty or carries a link (``://``, ``www.``) is dropped for the fallback."""
+    """docs/upstream.md#notification-handling: a summary that is empty or carries a link (``://``, ``www.``) is
+    dropped for the fallback."""
     fallback = (fallback or "").strip() or DEFAULT_FALLBACK
     summary = (summary or "").strip()
     lowered = summary.lower()
@@ -66,7 +67,8 @@ def normalise_texts(summary: str, fallback: str, max_chars: int) -> tuple[str, s
 
 
 def message_text(rec: dict[str, Any]) -> str:
-    """Upstream 9.4: summary, else fallback, else the default sentence; the target URL appended if missing."""
+    """docs/upstream.md#notification-sending: summary, else fallback, else the default sentence; the target URL
+    appended if missing."""
     summary = (rec.get("summary_text") or "").strip()
     text = summary if summary and not rec.get("fallback_used") else (rec.get("fallback_text") or "").strip()
     text = text or DEFAULT_FALLBACK
@@ -277,7 +279,8 @@ async def apply_outcomes(
 
 
 async def list_due(session: AsyncSession, settings: NotificationSettings, limit: int) -> list[int]:
-    """Ids of failed records due for retry and ``sending`` records whose lease expired (upstream 9.5 query)."""
+    """Ids of failed records due for retry and ``sending`` records whose lease expired
+    (docs/upstream.md#retry-scanner)."""
     now = clock.db_now()
     stale_before = now - timedelta(seconds=settings.sending_lease_seconds)
     stmt = (

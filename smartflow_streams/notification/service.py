@@ -2,11 +2,11 @@
 
 Per event (a batch does each step for all its events at once, :meth:`NotificationService.handle_requested_many`),
 short transactions with the HTTP call outside all of them (a DB transaction never spans the 5 s webhook timeout;
-upstream trap 18):
+docs/upstream.md#no-slow-work-in-transactions):
 1. lock the outbox row (consumed/dead -> duplicate, stop); find or create the record; claim it into ``sending``
    (pending, or failed and due). Terminal records, and failed ones not yet due, just mark the outbox row consumed
    (the retry scanner owns them). A fresh ``sending`` lease held by someone else raises :class:`LeaseHeldError`
-   so the outbox row is retried later (upstream 9.3 since abe3b49).
+   so the outbox row is retried later (docs/upstream.md#notification-handling).
 2. POST through the provider (rate limited, 5 s timeout).
 3. write the outcome guarded by the send token, and mark the outbox row consumed, in one transaction.
 

@@ -1,9 +1,10 @@
-"""The outbox state machine on one service's table (upstream spec 2.3, with its traps fixed).
+"""The outbox state machine on one service's table (docs/upstream.md#outbox-statuses, with its traps fixed).
 
 States: ``pending -> published -> consumed``; any non-terminal -> ``dead``; ``consumed`` and ``dead`` are terminal
-and no method here ever moves a row out of them (upstream's ``MarkDead``/``MarkConsumed`` could: trap 17).
+and no method here ever moves a row out of them (upstream's ``MarkDead``/``MarkConsumed`` could:
+docs/upstream.md#terminal-states-are-final).
 
-Claiming (ours; upstream had none, trap 15), two modes:
+Claiming (ours; upstream had none, docs/upstream.md#relay-claiming), two modes:
 - table-lease holder (``relay.exclusive``, the default): the table lease (``outbox_relay.lease``) is the claim.
   The holder reads due rows and writes nothing until it marks them, so a crashed holder's rows are simply still
   due when the next holder takes the lease (10 s). Marks are guarded by status (terminal rows never change).
@@ -17,7 +18,8 @@ published (plus the lease renewal every ~3 s); shared table: MySQL/MariaDB 2 sta
 UPDATE SKIP LOCKED`` + ``UPDATE ... WHERE id IN``), SQLite 1 (``UPDATE ... RETURNING``), then the mark.
 
 Limits: ``last_error`` keeps at most 2000 UTF-8 bytes and never splits a character (upstream sliced bytes,
-trap 24); backoff is n² seconds for the n-th failure, n capped at 10 (1, 4, 9, ..., 100 s); a row is ``dead`` when
+docs/upstream.md#utf-8-safe-error-text); backoff is n² seconds for the n-th failure, n capped at 10 (1, 4, 9, ...,
+100 s); a row is ``dead`` when
 its ``max_retry``-th failure (default 20) is recorded. Relay and consumer failures share the counter.
 """
 

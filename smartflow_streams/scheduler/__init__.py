@@ -1,4 +1,5 @@
-"""Active-scheduler domain (spec 8): trigger creation, the triggered workflow, due-job scanning, previews.
+"""Active-scheduler domain (docs/upstream.md#active-scheduler): trigger creation, the triggered workflow, due-job
+scanning, previews.
 
 Plain async functions over SQLAlchemy Core; the Faust agent (``agents.active_scheduler``) and the scanner timer
 call them. Invariants shared by the modules:

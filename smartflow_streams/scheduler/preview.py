@@ -1,10 +1,12 @@
-"""Preview decisions: what the triggered workflow (spec 8.4 step 6) should propose, and whether to notify.
+"""Preview decisions: what the triggered workflow (docs/upstream.md#trigger-workflow step 6) should propose, and
+whether to notify.
 
 A :class:`PreviewBuilder` turns a trigger into a :class:`PreviewDecision` (``None`` = no candidates, the trigger is
 ``closed``). Builders run **inside** the outbox consume transaction, which holds the outbox row and the trigger
 row locks, so an implementation must be fast and must not do network I/O: keep it well under 1 s (the lock
 holders block the other consumer of the same row and, on MySQL, wait at most ``innodb_lock_wait_timeout``,
-50 s by default). Upstream ran the dry-run and an LLM candidate selection here (trap 18: long transactions).
+50 s by default). Upstream ran the dry-run and an LLM candidate selection here
+(docs/upstream.md#no-slow-work-in-transactions).
 An LLM planner belongs before the workflow (e.g. precomputed into the trigger ``payload``) or after it (an
 asynchronous follow-up that updates the ``ready`` preview); the builder then only reads what is already there.
 

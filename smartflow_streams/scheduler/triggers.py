@@ -1,8 +1,9 @@
-"""Trigger creation for producers (API, user feedback, the due-job scanner): spec 8.3 "Trigger creation".
+"""Trigger creation for producers (API, user feedback, the due-job scanner): docs/upstream.md#trigger-creation.
 
 Invariants:
 
-* **Atomic** (fixes trap 19): the ``active_schedule_triggers`` row and its ``active_schedule.triggered`` outbox
+* **Atomic** (fixes docs/upstream.md#atomic-trigger-creation): the ``active_schedule_triggers`` row and its
+  ``active_schedule.triggered`` outbox
   row are written in the caller's ONE open transaction (:func:`create_trigger` never commits). If the caller's
   transaction rolls back, neither exists; if it commits, both do. Upstream inserted the trigger and then published
   in a second write, so a crash in between left a ``pending`` trigger with no event.
@@ -140,7 +141,7 @@ def _zoned(value: datetime | None, settings: Settings) -> datetime | None:
 
 
 def validate_request(req: TriggerRequest) -> None:
-    """Spec 7.1/8.3 domain rules, first failure wins. Raises ContractError."""
+    """docs/upstream.md#trigger-creation domain rules, first failure wins. Raises ContractError."""
     trigger_type, source, target_type = req.trigger_type.strip(), req.source.strip(), req.target_type.strip()
     if req.user_id <= 0:
         raise ContractError("invalid trigger request: user_id must be greater than 0")

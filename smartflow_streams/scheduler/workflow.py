@@ -1,4 +1,5 @@
-"""The ``active_schedule.triggered`` workflow (spec 8.4 steps 1-8) inside the caller's consume transaction.
+"""The ``active_schedule.triggered`` workflow (docs/upstream.md#trigger-workflow steps 1-8) inside the caller's
+consume transaction.
 
 :func:`run_trigger_workflow` never commits: its writes (trigger status, preview, notification outbox row) commit
 together with the outbox row's ``consumed`` mark, or not at all. Steps:
@@ -194,7 +195,7 @@ def _notification_row(repo: OutboxRepository, row: dict[str, Any], preview_id: s
 async def run_trigger_workflow(
     session: AsyncSession, payload: ActiveScheduleTriggeredPayload, *, builder: PreviewBuilder, settings: Settings,
 ) -> WorkflowResult:
-    """Steps 1-8 of spec 8.4 for one event: :func:`run_trigger_workflow_many` of one."""
+    """Steps 1-8 of docs/upstream.md#trigger-workflow for one event: :func:`run_trigger_workflow_many` of one."""
     return (await run_trigger_workflow_many(session, [payload], builder=builder, settings=settings))[0]
 
 
@@ -202,7 +203,8 @@ async def run_trigger_workflow_many(
     session: AsyncSession, payloads: list[ActiveScheduleTriggeredPayload], *, builder: PreviewBuilder,
     settings: Settings,
 ) -> list[WorkflowResult]:
-    """Steps 1-8 of spec 8.4 for many events in ``session``'s open transaction (module docstring); results in input
+    """Steps 1-8 of docs/upstream.md#trigger-workflow for many events in ``session``'s open transaction (module
+    docstring); results in input
     order. Raises ContractError if any trigger is missing; any other exception means the caller must roll back.
 
     Cost: 5 statements whatever the number of events (lock the triggers, read existing previews, insert the

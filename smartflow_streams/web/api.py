@@ -1,4 +1,5 @@
-"""Upstream-compatible HTTP APIs (spec 8.4 trigger API, 9.7 channel API) on the worker's web server.
+"""Upstream-compatible HTTP APIs (docs/upstream.md#trigger-api, docs/upstream.md#channel-api) on the worker's web
+server.
 
 Routes (``Authorization: Bearer <token>``, token -> user id from ``Settings.api_tokens``):
 - ``POST /api/v1/active-schedule/trigger``: fields ``trigger_type``, ``target_type`` (required), ``target_id``,

@@ -1,4 +1,4 @@
-"""Dedupe keys and ids must be byte-identical to the Go builders (spec 8.3, 12)."""
+"""Dedupe keys and ids must be byte-identical to the Go builders (docs/upstream.md#dedupe-keys)."""
 
 from __future__ import annotations
 

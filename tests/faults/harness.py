@@ -1072,7 +1072,7 @@ async def case_d_broker_restart(db_url: str, workdir: pathlib.Path, *, rate: flo
     (3 s here) and its rows go back with backoff; the workers' sessions expire (6 s) and they rejoin. The whole
     system must settle on its own within ``worker_grace`` s, with no process restarted.
 
-    Not covered (Tansu-specific, README "Fault injection"): Tansu restarted EMPTY. Topics it auto-creates on the
+    Not covered (Tansu-specific, docs/faults.md#cases): Tansu restarted EMPTY. Topics it auto-creates on the
     first produce after such a restart accept records but serve no fetches (observed with Tansu 0.6.0: consumers
     and changelog recovery wait forever), so only an operator re-creating the broker state can recover that."""
     async with Scenario("d_broker_restart", db_url, workdir, relays=1, workers=1, rate=rate) as sc:

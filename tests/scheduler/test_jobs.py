@@ -1,4 +1,4 @@
-"""Due jobs (spec 8.2) on MariaDB and SQLite: upsert, every scanner rule, concurrent scanners."""
+"""Due jobs (docs/upstream.md#due-jobs) on MariaDB and SQLite: upsert, every scanner rule, concurrent scanners."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Trigger creation (spec 8.3) on MariaDB and SQLite: atomic trigger + outbox row, dedupe, validation."""
+"""Trigger creation (docs/upstream.md#trigger-creation) on MariaDB and SQLite: atomic trigger + outbox row, dedupe,
+validation."""
 
 from __future__ import annotations
 

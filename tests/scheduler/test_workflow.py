@@ -1,4 +1,5 @@
-"""The triggered workflow (spec 8.4) on MariaDB and SQLite, driven by events read back from the outbox."""
+"""The triggered workflow (docs/upstream.md#trigger-workflow) on MariaDB and SQLite, driven by events read back from
+the outbox."""
 
 from __future__ import annotations
 
