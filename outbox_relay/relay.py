@@ -36,6 +36,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -43,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from config import Settings
 from outbox_relay.lease import TableLease
 from outbox_relay.producer import KafkaPublisher, OutgoingMessage, ensure_topics
-from smartflow_streams import clock, metrics
+from smartflow_streams import clock, metrics, tracing
 from smartflow_streams.catalog import RouteRegistry, ServiceRoute, registry as default_registry
 from smartflow_streams.contracts.envelope import KafkaEnvelope, parse_shell_fields
 from smartflow_streams.errors import ContractError, RouteNotRegisteredError
@@ -152,8 +153,10 @@ class TableRelay:
             await self.drain()
             return 0
         messages, poison = self._build(claim.rows)
+        spans = (await tracing.start_publish_spans(self.engine, self.repo.table, self._label, claim.rows, messages)
+                 if tracing.active() else None)
         await self.drain()  # batch N is marked before N+1 is published
-        task = asyncio.create_task(self._publish_and_mark(claim, messages, poison, started))
+        task = asyncio.create_task(self._publish_and_mark(claim, messages, poison, started, spans))
         if self.engine.dialect.name == "sqlite":
             await task
         else:
@@ -167,8 +170,10 @@ class TableRelay:
             await previous
 
     async def _publish_and_mark(self, claim: Claim, messages: list[OutgoingMessage], poison: dict[int, str],
-                                started: float) -> None:
+                                started: float, spans: dict[int, Any] | None = None) -> None:
         failures = await self.publisher.publish(messages)
+        if spans:
+            tracing.end_publish_spans(spans, failures)
         for row_id, failure in failures.items():
             if not failure.retriable:
                 poison[row_id] = failure.reason
