@@ -146,3 +146,11 @@ async def test_off_by_default_leaves_no_trace(db, kafka_bootstrap) -> None:
     assert out["stored"] == [None]  # the column exists but nothing is written to it
     assert out["statements"] and not [s for s in out["statements"] if "trace_context" in s]  # no read or write
     assert len(out["posts"]) == 1
+
+
+def test_otlp_headers_are_masked_and_an_unknown_exporter_is_refused() -> None:
+    settings = config.load_settings(tracing={"enabled": True, "otlp_headers": {"api-key": "otlp-secret-9"}})
+    assert "otlp-secret-9" not in json.dumps(settings.masked()) and "otlp-secret-9" not in repr(settings)
+    assert settings.masked()["tracing"]["otlp_headers"] == {"api-key": "****"}
+    with pytest.raises(config.ConfigError, match="SMARTFLOW_TRACING__EXPORTER"):
+        config.load_settings(tracing={"exporter": "jaeger"})
