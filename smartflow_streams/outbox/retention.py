@@ -10,7 +10,8 @@ What is deleted (``SMARTFLOW_RETENTION__*``; off by default, see docs/observabil
 Invariants and limits:
 - One runner at a time across all relays: it holds the lease row ``retention`` in ``outbox_relay_leases`` (the
   relay's table lease, :class:`outbox_relay.lease.TableLease`, ``lease_seconds`` 300 s) and checks it before
-  every batch; a runner that lost it stops the run at once. The others stand by and take over after the TTL.
+  every batch; a runner that lost it, or whose relay is stopping, ends the run before the next batch. The others
+  stand by and take over after the TTL.
 - Bounded: each DELETE removes at most ``batch_size`` (1000) rows picked by primary key in one short transaction
   (its condition is repeated in the DELETE, so a row that changed status in between is kept); at most
   ``max_batches_per_run`` (100) batches per table and run, ``pause_seconds`` (0.05 s) between batches. A run
@@ -140,7 +141,7 @@ class RetentionRunner:
             try:
                 if await self.lease.hold():
                     self.last = await run_once(self.engine, self.settings, actor=f"retention:{self.owner}",
-                                               still_held=self.lease.hold, reg=self.reg)
+                                               still_held=self._may_go_on, reg=self.reg)
             except Exception as exc:  # noqa: BLE001 - a DB outage must not end the schedule
                 log.warning("retention run failed (%s: %s); next try in %g s", type(exc).__name__, exc, interval)
             try:
@@ -151,3 +152,7 @@ class RetentionRunner:
             await self.lease.release()
         except Exception:  # noqa: BLE001 - the lease simply expires
             pass
+
+    async def _may_go_on(self) -> bool:
+        """Checked before every batch: still leader, and not stopping (a SIGTERM waits for one batch at most)."""
+        return not self.stop.is_set() and await self.lease.hold()

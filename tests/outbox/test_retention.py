@@ -171,3 +171,15 @@ async def _no_release() -> None:
 
 def test_off_by_default() -> None:
     assert config.Settings().retention.enabled is False
+
+
+async def test_a_stopping_relay_ends_the_run_before_the_next_batch(db) -> None:
+    settings = retention_settings(db, batch_size=2, pause_seconds=0)
+    await add_outbox(db, N_TABLE, "consumed", 10, n=6)
+    stop = asyncio.Event()
+    runner = RetentionRunner(settings, db.engine, "relay-a", stop)
+    stop.set()  # SIGTERM arrived: the lease is still held but no batch may start
+    assert await runner.lease.hold()
+    report = await run_once(db.engine, settings, actor="a", still_held=runner._may_go_on)
+    assert not report.complete and sum(report.deleted.values()) == 0
+    assert await counts(db, N_TABLE) == {"consumed": 6}
