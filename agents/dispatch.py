@@ -30,6 +30,9 @@ Invariants:
   each failure exactly as without batching: the batch is an optimisation of the success path, never a different
   outcome. Per key, order of business effects is kept (a batch function applies its events in input order);
   only the relative timing of a poison event's ``dead`` mark and a later valid event of the same key changes.
+- Tracing (``tracing.enabled``, off by default: then one boolean test per call and nothing else): every handler call
+  runs in a CONSUMER span continuing the message's ``traceparent``; a batch call gets one span per event
+  (:mod:`smartflow_streams.tracing`). Spans never change an outcome.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ Invariants:
   load fewer, bigger batches are cheaper: at 200 triggers/s through the pipeline (two tables active) the relay used
   46 % of a core with a 2 ms wait and 38 % with 10 ms (``bench/pipeline_bench.py`` latency runs, py-spy: a fifth
   of it in socket writes).
+- Tracing (``tracing.enabled``, off by default: then one boolean test per batch and nothing else): one PRODUCER
+  span per row from its commit to the broker's ack, parented by the row's ``trace_context``, and its W3C
+  ``traceparent`` header next to the upstream ``trace_id`` (:mod:`smartflow_streams.tracing`).
 """
 
 from __future__ import annotations
