@@ -130,6 +130,37 @@ class SchedulerSettings(BaseModel):
     preview_ttl_seconds: int = Field(3600, ge=1)
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry tracing (smartflow_streams.tracing); off by default, zero cost while off."""
+
+    enabled: bool = Field(False, description="trace relay publishes, handlers and webhook POSTs (W3C traceparent)")
+    exporter: str = Field("otlp", pattern=r"^(otlp|console|none)$",
+                          description="otlp = OTLP/HTTP (extra smartflow-streams[otlp]); none = spans not exported")
+    otlp_endpoint: str = Field("http://127.0.0.1:4318/v1/traces", description="OTLP/HTTP traces endpoint")
+    otlp_headers: dict[str, SecretStr] = Field(default_factory=dict, description="extra OTLP request headers "
+                                               "(e.g. an API key), masked in logs and views")
+    export_timeout_seconds: float = Field(10.0, gt=0)
+    service_name: str | None = Field(None, description="OTel service.name; default <app_id>-relay / -worker")
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="share of new traces kept (parent-based after that)")
+
+
+class RetentionSettings(BaseModel):
+    """Scheduled deletion of old finished rows (smartflow_streams.outbox.retention); off by default."""
+
+    enabled: bool = Field(False, description="delete old consumed outbox rows, terminal notification records and "
+                          "dead-message copies on a schedule (run by the relay, one active instance)")
+    consumed_outbox_days: float = Field(7.0, ge=1, description="consumed outbox rows older than this (consumed_at)")
+    notification_record_days: float = Field(
+        30.0, ge=1, description="sent/dead/skipped notification records older than this (updated_at); keep it above "
+        "the 30-minute dedupe window")
+    dead_message_days: float = Field(30.0, ge=1, description="outbox_dead_messages copies older than this")
+    interval_seconds: float = Field(3600.0, gt=0, description="time between two retention runs")
+    batch_size: int = Field(1000, ge=1, le=10_000, description="rows per DELETE (one short transaction each)")
+    max_batches_per_run: int = Field(100, ge=1, description="per table and run; the rest waits for the next run")
+    pause_seconds: float = Field(0.05, ge=0, description="pause between two DELETE batches (lets other writers in)")
+    lease_seconds: float = Field(300.0, gt=0, description="one active retention runner across relays (lease)")
+
+
 class Settings(BaseSettings):
     """The whole configuration. Construct through :func:`load_settings` to get key-naming errors."""
 
@@ -156,6 +187,8 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     notification: NotificationSettings = Field(default_factory=NotificationSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     faust: dict[str, Any] = Field(default_factory=dict, description="pass-through faust.App settings")
 
     @field_validator("kafka_bootstrap")
@@ -223,6 +256,7 @@ class Settings(BaseSettings):
         data["database_url"] = mask_database_url(self.database_url)
         data["admin_token"] = "****" if self.admin_token else None
         data["api_tokens"] = {"****": uid for uid in self.api_tokens.values()}
+        data["tracing"]["otlp_headers"] = {k: "****" for k in self.tracing.otlp_headers}
         return data
 
 

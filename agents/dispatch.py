@@ -31,11 +31,15 @@ Invariants:
   each failure exactly as without batching: the batch is an optimisation of the success path, never a different
   outcome. Per key, order of business effects is kept (a batch function applies its events in input order);
   only the relative timing of a poison event's ``dead`` mark and a later valid event of the same key changes.
+- Tracing (``tracing.enabled``, off by default: then one boolean test per call and nothing else): every handler call
+  runs in a CONSUMER span continuing the message's ``traceparent``; a batch call gets one span per event
+  (:mod:`smartflow_streams.tracing`). Spans never change an outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
@@ -45,7 +49,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from faust.streams import _current_event
 
-from smartflow_streams import clock, metrics
+from smartflow_streams import clock, metrics, tracing
 from smartflow_streams.catalog import RouteRegistry, registry as default_registry
 from smartflow_streams.contracts.envelope import KafkaEnvelope, try_outbox_id
 from smartflow_streams.db.models import outbox_dead_messages
@@ -194,15 +198,19 @@ class Dispatcher:
 
         ctx = HandlerContext(service, None, repo, self.runtime.sessions, self.runtime, activate)
         batch_fn = spec.fn.batch  # type: ignore[attr-defined]
+        traced = (tracing.batch_spans(service, spec.event_type, [events[i] for i in indexes],
+                                      [r.payload for r in ready], [r.env.outbox_id for r in ready])
+                  if tracing.active() else contextlib.nullcontext())
         try:
-            if spec.transactional:
-                by_id = {r.env.outbox_id: r.payload for r in ready}
-                async with self.runtime.sessions() as session, session.begin():
-                    state = await repo.consume_many(
-                        session, list(by_id), lambda s, live: batch_fn(ctx, s, [by_id[i] for i in live]))
-                results: list[Any] = [state[r.env.outbox_id] for r in ready]
-            else:
-                results = await batch_fn(ctx, [(r.env.outbox_id, r.payload) for r in ready])
+            with traced:
+                if spec.transactional:
+                    by_id = {r.env.outbox_id: r.payload for r in ready}
+                    async with self.runtime.sessions() as session, session.begin():
+                        state = await repo.consume_many(
+                            session, list(by_id), lambda s, live: batch_fn(ctx, s, [by_id[i] for i in live]))
+                    results: list[Any] = [state[r.env.outbox_id] for r in ready]
+                else:
+                    results = await batch_fn(ctx, [(r.env.outbox_id, r.payload) for r in ready])
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the one-by-one path classifies and records each event
@@ -288,12 +296,15 @@ class Dispatcher:
         spec, env, payload = ready.spec, ready.env, ready.payload
         repo = self.repo(service)
         ctx = HandlerContext(service, env, repo, self.runtime.sessions, self.runtime)
+        traced = (tracing.handler_span(service, env.event_type, env.outbox_id) if tracing.active()
+                  else contextlib.nullcontext())
         try:
-            if spec.transactional:
-                result: Any = await repo.consume_and_mark_consumed(
-                    self.runtime.sessions, env.outbox_id, lambda session: spec.fn(ctx, session, payload))
-            else:
-                result = await spec.fn(ctx, payload)
+            with traced:
+                if spec.transactional:
+                    result: Any = await repo.consume_and_mark_consumed(
+                        self.runtime.sessions, env.outbox_id, lambda session: spec.fn(ctx, session, payload))
+                else:
+                    result = await spec.fn(ctx, payload)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - classified in _finish

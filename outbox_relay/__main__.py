@@ -18,6 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config import ConfigError, Settings, get_settings
 from outbox_relay.relay import Relay
+from smartflow_streams import tracing
+from smartflow_streams.outbox.retention import RetentionRunner
 from smartflow_streams.db.engine import create_engine
 from smartflow_streams.db.schema import upgrade_schema
 from smartflow_streams.logs import setup_logging
@@ -62,11 +64,17 @@ async def run(settings: Settings, *, create_schema: bool) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, relay.stop.set)
     runner = await _metrics_server(settings, relay)
+    tracing.configure(settings, "relay")
+    retention = (asyncio.create_task(RetentionRunner(settings, engine, relay.owner, relay.stop).run())
+                 if settings.retention.enabled else None)
     try:
         await relay.run()
     finally:
+        if retention is not None:
+            await retention
         if runner is not None:
             await runner.cleanup()
+        tracing.shutdown()
         await engine.dispose()
     return 0
 
@@ -88,8 +96,10 @@ async def _check_schema(engine, settings: Settings) -> None:  # type: ignore[no-
                     for t in tables:
                         if not insp.has_table(t):
                             bad.append(t)
-                        elif t != "outbox_relay_leases" and "claim_token" not in {x["name"] for x in insp.get_columns(t)}:
-                            bad.append(f"{t}.claim_token")
+                        elif t != "outbox_relay_leases":
+                            cols = {x["name"] for x in insp.get_columns(t)}
+                            needed = ["claim_token"] + (["trace_context"] if settings.tracing.enabled else [])
+                            bad += [f"{t}.{c}" for c in needed if c not in cols]
                     return bad
                 missing = await conn.run_sync(inspect)
             break

@@ -7,6 +7,7 @@
     smartflow dead list SERVICE [--limit N] [--event-type T] [--reason TEXT]
     smartflow dead requeue SERVICE (--id N ... | --all) [--actor NAME]
     smartflow purge SERVICE --days N [--actor NAME]
+    smartflow replay SERVICE (--from-id A --to-id B | --since T --until T) [--status consumed,dead] [--execute]
     smartflow notify-test USER_ID              send the upstream test message to the user's channel
     smartflow load --users N --count N [--rate R]   create triggers (demo/load generator), with progress
 
@@ -90,6 +91,12 @@ async def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _replay(args: argparse.Namespace) -> int:
+    from smartflow_streams.outbox import replay
+
+    return await _with_engine(lambda e: replay.run_command(e, args, _settings().zone))
+
+
 async def _notify_test(args: argparse.Namespace) -> int:
     from smartflow_streams.notification.channels import send_channel_test
 
@@ -153,6 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("service")
     p.add_argument("--days", type=float, required=True)
     p.add_argument("--actor", default=f"cli:{getpass.getuser()}")
+    p = sub.add_parser("replay", help="republish finished outbox rows by id or time range (dry run unless --execute)")
+    from smartflow_streams.outbox.replay import add_arguments
+
+    add_arguments(p)
     p = sub.add_parser("notify-test", help="send a test notification to a user's channel")
     p.add_argument("user_id", type=int)
     p = sub.add_parser("load", help="create triggers (load generator)")
@@ -173,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         from smartflow_streams.launcher import up
 
         sys.exit(asyncio.run(up(args.demo, args.exit_after)))
-    handlers = {"schema": _schema, "status": _status, "dead": _dead, "purge": _purge,
+    handlers = {"schema": _schema, "status": _status, "dead": _dead, "purge": _purge, "replay": _replay,
                 "notify-test": _notify_test, "load": _load}
     try:
         sys.exit(asyncio.run(handlers[args.cmd](args)))

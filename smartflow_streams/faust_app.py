@@ -23,6 +23,7 @@ import faust
 
 from config import Settings, get_settings
 from smartflow_streams.catalog import ACTIVE_SCHEDULER, NOTIFICATION, registry
+from smartflow_streams import tracing
 from smartflow_streams.masking import install_log_masking
 from smartflow_streams.runtime import WorkerRuntime
 
@@ -77,6 +78,7 @@ def build_app(settings: Settings | None = None, **overrides: Any) -> faust.App:
     @app.task
     async def _on_start() -> None:
         install_log_masking()
+        tracing.configure(settings, "worker")  # off by default; spans are flushed at exit
         log.info("smartflow worker up: group=%s services=%s topics=%s", app.conf.id, worker.services,
                  [registry.service_route(s).topic for s in worker.services])
 

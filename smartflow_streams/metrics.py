@@ -52,3 +52,6 @@ notification_rate_limit_wait_seconds = Counter(
     "smartflow_notification_rate_limit_wait_seconds_total", "Seconds spent waiting for the webhook rate limiter"
 )
 notification_records = Gauge("smartflow_notification_records", "Notification records by status", ["status"])
+retention_deleted = Counter(
+    "smartflow_retention_deleted_total", "Rows deleted by scheduled retention", ["table"]
+)

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import Settings
-from smartflow_streams import metrics
+from smartflow_streams import metrics, tracing
 from smartflow_streams.errors import LeaseHeldError
 from smartflow_streams.notification import records
 from smartflow_streams.notification.providers import ChannelConfig, SendRequest, SendResult, WebhookProvider
@@ -294,7 +294,13 @@ class NotificationService:
         await asyncio.gather(*(user_sends(u, q) for u, q in by_user.items()))
 
     async def _send(self, channel: ChannelConfig | None, request: SendRequest) -> SendResult:
-        result = await self.provider.send(channel, request)
+        if tracing.active():
+            with tracing.webhook_span(channel.kind if channel else "none", request.preview_id,
+                                      request.notification_id) as span:
+                result = await self.provider.send(channel, request)
+                tracing.record_webhook_result(span, result)
+        else:
+            result = await self.provider.send(channel, request)
         metrics.notification_provider_seconds.labels(channel.kind if channel else "none").observe(
             result.latency_seconds)
         if result.rate_limit_wait_seconds:

@@ -147,5 +147,9 @@ async def _audit(conn: Any, service: str, action: str, actor: str, detail: dict[
         detail=json.dumps(detail, default=str), created_at=clock.db_now()))
 
 
+write_audit = _audit
+"""One ``outbox_admin_audit`` row in the caller's transaction (also used by retention and replay)."""
+
+
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat(sep=" ") if isinstance(v, datetime) else v) for k, v in row.items()}

@@ -46,7 +46,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import Settings
-from smartflow_streams import clock
+from smartflow_streams import clock, tracing
 from smartflow_streams.contracts.dedupe import conversation_id_for_trigger, new_preview_id, notification_dedupe_key
 from smartflow_streams.contracts.envelope import go_trim_space
 from smartflow_streams.contracts.events import (
@@ -224,6 +224,7 @@ async def run_trigger_workflow_many(
     aware_now = to_zone(now, settings.zone)
     previews: list[dict[str, Any]] = []
     notifications: list[dict[str, Any]] = []
+    traced = tracing.active()
     finished: dict[str, dict[str, Any]] = {}  # trigger id -> the final UPDATE's values (closed / preview_generated)
     results: list[WorkflowResult] = []
     for payload in payloads:
@@ -249,6 +250,8 @@ async def run_trigger_workflow_many(
                 if decision.notify:
                     notifications.append(_notification_row(notification_repo, row, preview_id, decision, settings,
                                                            now))
+                    if traced:  # the second hop joins the trigger's trace
+                        tracing.stamp_row(notifications[-1], payload)
                     notified = True
         row["status"] = TriggerStatus.CLOSED.value if preview_id is None else TriggerStatus.PREVIEW_GENERATED.value
         row["preview_id"] = preview_id
