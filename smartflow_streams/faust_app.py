@@ -10,7 +10,8 @@ Faust defaults chosen here: ``at_least_once``, ``store=memory://`` (tables rebui
 ``consumer_auto_offset_reset=earliest`` (upstream reader starts at FirstOffset), web server bound to 127.0.0.1.
 Anything else comes through ``SMARTFLOW_FAUST__<SETTING>`` (e.g. Tansu needs the values in
 :data:`smartflow_streams.embedded.TANSU_FAUST_SETTINGS`). The consumer's fetch wait, hard-coded to 1500 ms by
-Faust, comes from ``worker.fetch_max_wait_ms`` (:func:`_install_fetch_wait`).
+Faust, comes from ``worker.fetch_max_wait_ms`` (:func:`_install_fetch_wait`). TLS/SASL: ``broker_credentials``
+from ``SMARTFLOW_KAFKA__*`` (:mod:`smartflow_streams.kafka_security`, the relay's block too).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import faust
 
 from config import Settings, get_settings
 from smartflow_streams.catalog import ACTIVE_SCHEDULER, NOTIFICATION, registry
+from smartflow_streams.kafka_security import faust_broker_credentials
 from smartflow_streams.masking import install_log_masking
 from smartflow_streams.runtime import WorkerRuntime
 
@@ -55,6 +57,7 @@ def build_app(settings: Settings | None = None, **overrides: Any) -> faust.App:
         datadir=worker.datadir,
         autodiscover=False,
         producer_acks=-1,
+        broker_credentials=faust_broker_credentials(settings),
         web_tables_enabled=False,
         web_router_enabled=False,
     )
