@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         sys.exit(2)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     sys.exit(asyncio.run(run(settings, create_schema=args.create_schema)))
 
 

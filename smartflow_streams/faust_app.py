@@ -24,6 +24,7 @@ import faust
 from config import Settings, get_settings
 from smartflow_streams.catalog import ACTIVE_SCHEDULER, NOTIFICATION, registry
 from smartflow_streams.kafka_security import faust_broker_credentials
+from smartflow_streams.logs import json_logging_config
 from smartflow_streams.masking import install_log_masking
 from smartflow_streams.runtime import WorkerRuntime
 
@@ -61,6 +62,9 @@ def build_app(settings: Settings | None = None, **overrides: Any) -> faust.App:
         web_tables_enabled=False,
         web_router_enabled=False,
     )
+    if settings.log_format == "json":
+        services = worker.services
+        options["logging_config"] = json_logging_config(services[0] if len(services) == 1 else None)
     options.update(settings.faust)
     options.update(overrides)
     app_id = options.pop("id", None) or worker_group_id(settings)

@@ -52,3 +52,7 @@ notification_rate_limit_wait_seconds = Counter(
     "smartflow_notification_rate_limit_wait_seconds_total", "Seconds spent waiting for the webhook rate limiter"
 )
 notification_records = Gauge("smartflow_notification_records", "Notification records by status", ["status"])
+consumer_lag = Gauge(
+    "smartflow_consumer_lag", "Messages on the partition not yet committed by this worker's group (highwater minus "
+    "committed offset), per assigned partition of the worker's service topics", ["group", "topic", "partition"]
+)
