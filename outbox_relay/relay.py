@@ -186,6 +186,9 @@ class TableRelay:
         dead_now = len(poison) + sum(1 for s in outcomes.values() if s == "dead")
         retried = sum(1 for s in outcomes.values() if s == "pending")
         self._record(claim.rows, published, retried, dead_now, time.perf_counter() - started, ok_ids)
+        for row_id, reason in poison.items():  # rare (a message Kafka can never take): one line per row
+            log.warning("relay %s: outbox_id=%d -> dead: %s", self._label, row_id, reason,
+                        extra=log_fields(service=self._label, outbox_id=row_id))
         if failed:
             log.warning("relay %s: %d of %d rows not delivered (%s)", self._label, len(failed), len(claim.rows),
                         next(iter(failed.values())), extra=log_fields(service=self._label))
