@@ -69,6 +69,13 @@ class RelaySettings(BaseModel):
     republish_after_seconds: float = Field(
         600.0, gt=0, description="a published row not consumed within this is republished (lost message sweep)"
     )
+    @field_validator("enable_idempotence")
+    @classmethod
+    def _idempotence_needs_acks_all(cls, value: bool, info: Any) -> bool:
+        if value and info.data.get("acks") not in ("all", "-1"):
+            raise ValueError("an idempotent producer needs acks=all (SMARTFLOW_RELAY__ACKS)")
+        return value
+
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(6067, ge=0, le=65535, description="0 disables the relay's /metrics endpoint")
 
@@ -148,12 +155,12 @@ class KafkaSecuritySettings(BaseModel):
         description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (Apache Kafka listener names)")
     sasl_mechanism: str = Field("PLAIN", pattern=r"^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$",
                                 description="SASL mechanism for SASL_* protocols")
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
+    sasl_username: str | None = Field(None, description="SASL user (PLAIN or SCRAM)")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (secret: masked)")
     ssl_cafile: str | None = Field(None, description="PEM CA bundle that signed the broker certificates")
     ssl_certfile: str | None = Field(None, description="PEM client certificate (mutual TLS)")
     ssl_keyfile: str | None = Field(None, description="PEM private key of ssl_certfile")
-    ssl_key_password: SecretStr | None = None
+    ssl_key_password: SecretStr | None = Field(None, description="password of an encrypted ssl_keyfile (secret)")
     ssl_check_hostname: bool = Field(True, description="verify that the broker certificate names the host")
 
     @property

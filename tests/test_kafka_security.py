@@ -109,6 +109,8 @@ def test_bad_values_name_the_key():
         _settings(security_protocol="TLS")
     with pytest.raises(config.ConfigError, match="SMARTFLOW_KAFKA__SASL_MECHANISM"):
         _settings(security_protocol="SASL_SSL", sasl_mechanism="GSSAPI")
+    with pytest.raises(config.ConfigError, match="SMARTFLOW_RELAY__ENABLE_IDEMPOTENCE: .*acks=all"):
+        config.load_settings(relay={"acks": "1", "enable_idempotence": True})
 
 
 def test_environment_block_and_masking_in_config_output(tmp_path):
