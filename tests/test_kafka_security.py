@@ -145,11 +145,11 @@ async def test_relay_idempotence_and_acks_reach_the_producer():
     assert plain._txn_manager is None and plain._sender._acks == 1
 
 
-def _server_context(ca: trustme.CA) -> ssl.SSLContext:
+def _server_context(ca: trustme.CA, *names: str, client_cert: bool = True) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    ca.issue_cert(*(names or ("127.0.0.1", "localhost"))).configure_cert(context)
     ca.configure_trust(context)
-    context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: the client certificate is checked too
+    context.verify_mode = ssl.CERT_REQUIRED if client_cert else ssl.CERT_NONE  # mutual TLS by default
     return context
 
 
@@ -218,5 +218,30 @@ async def test_tls_refuses_a_broker_certificate_from_another_ca(ca, tmp_path):
             with pytest.raises(KafkaConnectionError):
                 await asyncio.wait_for(consumer.start(), 20)
             await consumer.stop()
+        finally:
+            stop_process(tansu)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("check_hostname", [True, False])
+async def test_tls_hostname_check_refuses_a_certificate_for_another_host(check_hostname: bool, ca, tmp_path):
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    broker_port = free_port()
+    async with TlsProxy(broker_port, _server_context(ca, "broker.invalid", client_cert=False)) as proxy:
+        tansu = start_tansu(broker_port, advertised_port=proxy.port)
+        try:
+            settings = _settings(security_protocol="SSL", ssl_cafile=str(cafile), ssl_check_hostname=check_hostname)
+            admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{proxy.port}", request_timeout_ms=3000,
+                                        **aiokafka_security_kwargs(settings))
+            try:
+                if check_hostname:  # the certificate names broker.invalid, not 127.0.0.1
+                    with pytest.raises(KafkaConnectionError):
+                        await asyncio.wait_for(admin.start(), 20)
+                else:  # same CA, name not checked: the connection works
+                    await asyncio.wait_for(admin.start(), 20)
+                    assert isinstance(await admin.list_topics(), list)
+            finally:
+                await admin.close()
         finally:
             stop_process(tansu)

@@ -186,6 +186,10 @@ def test_json_logs_one_object_a_line_with_context_and_masking(stack: Scrapes):
     assert any(o["logger"].startswith("faust") for o in worker_lines)  # Faust's own records go through it too
     dead = [o for o in worker_lines if "-> dead" in o["message"]]
     assert dead and dead[0]["service"] == "notification" and isinstance(dead[0]["outbox_id"], int)
+    consumed = [o for o in worker_lines if o["message"].startswith("notification.feishu.requested consumed")]
+    assert len(consumed) == 3, consumed
+    assert all(o["event_type"] == "notification.feishu.requested" and isinstance(o["outbox_id"], int)
+               and o["trace_id"].startswith("trace_api_trigger_") for o in consumed)
     too_big = [o for o in relay_lines if "-> dead" in o["message"]]
     assert too_big and too_big[0]["service"] == "notification" and isinstance(too_big[0]["outbox_id"], int)
     assert too_big[0]["level"] == "warning" and "max_request_size" in too_big[0]["message"]
