@@ -20,6 +20,7 @@ from config import ConfigError, Settings, get_settings
 from outbox_relay.relay import Relay
 from smartflow_streams.db.engine import create_engine
 from smartflow_streams.db.schema import upgrade_schema
+from smartflow_streams.kafka_security import ssl_context
 from smartflow_streams.logs import setup_logging
 
 log = logging.getLogger("outbox_relay")
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         settings = get_settings()
+        ssl_context(settings.kafka)  # an unreadable CA file or client certificate fails here, with its key
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         sys.exit(2)

@@ -14,23 +14,31 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from config import KafkaSecuritySettings, Settings
+from config import ENV_PREFIX, ConfigError, KafkaSecuritySettings, Settings
 from smartflow_streams.masking import SECRETS
 
 
 def ssl_context(kafka: KafkaSecuritySettings) -> ssl.SSLContext | None:
     """The client TLS context for ``SSL``/``SASL_SSL``, ``None`` for plaintext protocols.
 
-    Raises ``FileNotFoundError``/``ssl.SSLError`` for an unreadable CA file or client certificate, at start-up.
+    Raises :class:`config.ConfigError` naming the key when the CA file or the client certificate/key cannot be
+    read (missing, not PEM, wrong key password), so a process fails at start-up instead of retrying forever.
     """
     if not kafka.uses_ssl:
         return None
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=kafka.ssl_cafile)
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=kafka.ssl_cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{ENV_PREFIX}KAFKA__SSL_CAFILE: cannot load {kafka.ssl_cafile!r}: {exc}") from None
     context.check_hostname = kafka.ssl_check_hostname
     context.verify_mode = ssl.CERT_REQUIRED
     if kafka.ssl_certfile:
         password = kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None
-        context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile, password)
+        try:
+            context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile, password)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{ENV_PREFIX}KAFKA__SSL_CERTFILE/{ENV_PREFIX}KAFKA__SSL_KEYFILE: cannot load "
+                              f"{kafka.ssl_certfile!r}: {exc}") from None
     return context
 
 

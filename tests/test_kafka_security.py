@@ -113,6 +113,14 @@ def test_bad_values_name_the_key():
         config.load_settings(relay={"acks": "1", "enable_idempotence": True})
 
 
+def test_relay_with_an_unreadable_ca_file_exits_2_naming_the_key(tmp_path):
+    env = base_env(f"sqlite+aiosqlite:///{tmp_path}/x.db", "127.0.0.1:9093",
+                   SMARTFLOW_KAFKA__SECURITY_PROTOCOL="SSL", SMARTFLOW_KAFKA__SSL_CAFILE=str(tmp_path / "missing.pem"))
+    out = subprocess.run([sys.executable, "-m", "outbox_relay"], env=env, cwd=str(ROOT), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "SMARTFLOW_KAFKA__SSL_CAFILE: cannot load" in out.stderr, out.stderr
+
+
 def test_environment_block_and_masking_in_config_output(tmp_path):
     env = base_env(f"sqlite+aiosqlite:///{tmp_path}/x.db", "127.0.0.1:9093",
                    SMARTFLOW_KAFKA__SECURITY_PROTOCOL="SASL_SSL", SMARTFLOW_KAFKA__SASL_MECHANISM="SCRAM-SHA-256",
