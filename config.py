@@ -69,15 +69,15 @@ class RelaySettings(BaseModel):
     republish_after_seconds: float = Field(
         600.0, gt=0, description="a published row not consumed within this is republished (lost message sweep)"
     )
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(6067, ge=0, le=65535, description="0 disables the relay's /metrics endpoint")
+
     @field_validator("enable_idempotence")
     @classmethod
     def _idempotence_needs_acks_all(cls, value: bool, info: Any) -> bool:
         if value and info.data.get("acks") not in ("all", "-1"):
             raise ValueError("an idempotent producer needs acks=all (SMARTFLOW_RELAY__ACKS)")
         return value
-
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = Field(6067, ge=0, le=65535, description="0 disables the relay's /metrics endpoint")
 
 
 class WorkerSettings(BaseModel):

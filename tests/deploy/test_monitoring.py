@@ -4,7 +4,6 @@ oversized row; then both /metrics pages are scraped and both processes' output i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import pathlib
 import uuid
