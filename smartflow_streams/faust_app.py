@@ -11,7 +11,9 @@ Faust defaults chosen here: ``at_least_once``, ``store=memory://`` (tables rebui
 Anything else comes through ``SMARTFLOW_FAUST__<SETTING>`` (e.g. Tansu needs the values in
 :data:`smartflow_streams.embedded.TANSU_FAUST_SETTINGS`). The consumer's fetch wait, hard-coded to 1500 ms by
 Faust, comes from ``worker.fetch_max_wait_ms`` (:func:`_install_fetch_wait`). TLS/SASL: ``broker_credentials``
-from ``SMARTFLOW_KAFKA__*`` (:mod:`smartflow_streams.kafka_security`, the relay's block too).
+from ``SMARTFLOW_KAFKA__*`` (:mod:`smartflow_streams.kafka_security`, the relay's block too). With
+``SMARTFLOW_LOG_FORMAT=json`` mode's logging gets :func:`smartflow_streams.logs.json_logging_config` (its stdout
+handler replaced, its ``-l`` level kept).
 """
 
 from __future__ import annotations
