@@ -61,13 +61,23 @@ class RelaySettings(BaseModel):
     topic_replication_factor: int = Field(1, ge=1)
     linger_ms: int = Field(5, ge=0)
     max_batch_bytes: int = Field(1_048_576, ge=1024)
-    acks: str = Field("all", pattern=r"^(all|0|1|-1)$")
+    acks: str = Field("all", pattern=r"^(all|0|1|-1)$", description="producer acks; all (= -1) is the only "
+                      "value that survives a broker loss with min.insync.replicas>=2")
+    enable_idempotence: bool = Field(
+        False, description="idempotent producer (Apache Kafka: true is safe and needs acks=all; Tansu rejects it)")
     summary_interval_seconds: float = Field(30.0, gt=0)
     republish_after_seconds: float = Field(
         600.0, gt=0, description="a published row not consumed within this is republished (lost message sweep)"
     )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(6067, ge=0, le=65535, description="0 disables the relay's /metrics endpoint")
+
+    @field_validator("enable_idempotence")
+    @classmethod
+    def _idempotence_needs_acks_all(cls, value: bool, info: Any) -> bool:
+        if value and info.data.get("acks") not in ("all", "-1"):
+            raise ValueError("an idempotent producer needs acks=all (SMARTFLOW_RELAY__ACKS)")
+        return value
 
 
 class WorkerSettings(BaseModel):
@@ -159,6 +169,36 @@ class RetentionSettings(BaseModel):
     max_batches_per_run: int = Field(100, ge=1, description="per table and run; the rest waits for the next run")
     pause_seconds: float = Field(0.05, ge=0, description="pause between two DELETE batches (lets other writers in)")
     lease_seconds: float = Field(300.0, gt=0, description="one active retention runner across relays (lease)")
+class KafkaSecuritySettings(BaseModel):
+    """How every Kafka client of this project (relay producer and admin, Faust worker) reaches the brokers.
+
+    One block for all of them (``SMARTFLOW_KAFKA__*``), turned into client arguments only by
+    :mod:`smartflow_streams.kafka_security`. ``SSL``/``SASL_SSL`` verify the broker certificate against
+    ``ssl_cafile`` (the system CAs when unset) and, unless ``ssl_check_hostname`` is false, its host name.
+    ``ssl_certfile``/``ssl_keyfile`` add a client certificate (mutual TLS). SASL mechanisms: PLAIN,
+    SCRAM-SHA-256, SCRAM-SHA-512. Passwords are secrets: masked in ``smartflow config`` and in logs.
+    """
+
+    security_protocol: str = Field(
+        "PLAINTEXT", pattern=r"^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$",
+        description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (Apache Kafka listener names)")
+    sasl_mechanism: str = Field("PLAIN", pattern=r"^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$",
+                                description="SASL mechanism for SASL_* protocols")
+    sasl_username: str | None = Field(None, description="SASL user (PLAIN or SCRAM)")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (secret: masked)")
+    ssl_cafile: str | None = Field(None, description="PEM CA bundle that signed the broker certificates")
+    ssl_certfile: str | None = Field(None, description="PEM client certificate (mutual TLS)")
+    ssl_keyfile: str | None = Field(None, description="PEM private key of ssl_certfile")
+    ssl_key_password: SecretStr | None = Field(None, description="password of an encrypted ssl_keyfile (secret)")
+    ssl_check_hostname: bool = Field(True, description="verify that the broker certificate names the host")
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
 
 
 class Settings(BaseSettings):
@@ -174,9 +214,12 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///./var/smartflow.db"
     kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka: KafkaSecuritySettings = Field(default_factory=KafkaSecuritySettings)
     time_zone: str = "Asia/Shanghai"
     app_id: str = "smartflow-streams"
     log_level: str = Field("info", pattern=r"^(?i:debug|info|warning|error)$")
+    log_format: str = Field("text", pattern=r"^(text|json)$",
+                            description="text (one readable line) or json (one JSON object per line)")
     admin_token: SecretStr | None = None
     api_tokens: dict[str, int] = Field(
         default_factory=dict, description="bearer token -> user id for the upstream-compatible HTTP APIs"
@@ -257,6 +300,8 @@ class Settings(BaseSettings):
         data["admin_token"] = "****" if self.admin_token else None
         data["api_tokens"] = {"****": uid for uid in self.api_tokens.values()}
         data["tracing"]["otlp_headers"] = {k: "****" for k in self.tracing.otlp_headers}
+        data["kafka"]["sasl_password"] = "****" if self.kafka.sasl_password else None
+        data["kafka"]["ssl_key_password"] = "****" if self.kafka.ssl_key_password else None
         return data
 
 

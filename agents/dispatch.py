@@ -55,6 +55,7 @@ from smartflow_streams.contracts.envelope import KafkaEnvelope, try_outbox_id
 from smartflow_streams.db.models import outbox_dead_messages
 from smartflow_streams.errors import ContractError, RouteNotRegisteredError, is_retriable
 from smartflow_streams.handlers import HandlerContext, HandlerRegistry, HandlerSpec, handlers as default_handlers
+from smartflow_streams.logs import log_fields
 from smartflow_streams.outbox.repository import ConsumeOutcome, OutboxRepository
 
 log = logging.getLogger("agents")
@@ -268,7 +269,8 @@ class Dispatcher:
                 owner = ""
         if owner != service:
             log.info("agent %s: skipping non-local event: message service=%s type=%s outbox_id=%d", service,
-                     owner or "?", env.event_type, env.outbox_id)
+                     owner or "?", env.event_type, env.outbox_id,
+                     extra=log_fields(service=service, event_type=env.event_type, outbox_id=env.outbox_id))
             return Rejected("foreign", outbox_id=env.outbox_id)
         if self.consumption is not None and self.consumption.terminal(service, env.outbox_id):
             return Rejected("duplicate", outbox_id=env.outbox_id)
@@ -341,7 +343,8 @@ class Dispatcher:
             async with self.runtime.engine.begin() as conn:
                 await repo.mark_dead(conn, [outbox_id], reason)
 
-        log.warning("agent %s: outbox_id=%d -> dead: %s", service, outbox_id, reason)
+        log.warning("agent %s: outbox_id=%d -> dead: %s", service, outbox_id, reason,
+                    extra=log_fields(service=service, outbox_id=outbox_id))
         if await self._record(write, service, outbox_id):
             self._remember(service, outbox_id, "dead")
             return "dead"
@@ -355,7 +358,8 @@ class Dispatcher:
             async with self.runtime.engine.begin() as conn:
                 result.update(await repo.mark_failed_for_retry(conn, [outbox_id], reason))
 
-        log.info("agent %s: outbox_id=%d -> retry: %s", service, outbox_id, reason)
+        log.info("agent %s: outbox_id=%d -> retry: %s", service, outbox_id, reason,
+                 extra=log_fields(service=service, outbox_id=outbox_id))
         if not await self._record(write, service, outbox_id):
             return "unrecorded"
         if result.get(outbox_id) == "dead":

@@ -22,6 +22,7 @@ from smartflow_streams import tracing
 from smartflow_streams.outbox.retention import RetentionRunner
 from smartflow_streams.db.engine import create_engine
 from smartflow_streams.db.schema import upgrade_schema
+from smartflow_streams.kafka_security import ssl_context
 from smartflow_streams.logs import setup_logging
 
 log = logging.getLogger("outbox_relay")
@@ -118,10 +119,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         settings = get_settings()
+        ssl_context(settings.kafka)  # an unreadable CA file or client certificate fails here, with its key
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         sys.exit(2)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     sys.exit(asyncio.run(run(settings, create_schema=args.create_schema)))
 
 

@@ -6,9 +6,11 @@ Invariants:
   at most one in-flight batch per partition, so the order of rows of one key is the order on the partition.
 - Failures say whether a retry helps (:class:`DeliveryFailure`): only errors about the message itself (bigger
   than ``max_request_size``, corrupt) are permanent; the relay dead-letters those at once and retries the rest.
-- No idempotent or transactional producer (Tansu rejects InitProducerId v0;
-  docs/operations.md#tansu-and-apache-kafka): delivery is
-  at-least-once and consumers dedupe by outbox id.
+- No idempotent producer by default (Tansu rejects InitProducerId v0;
+  docs/operations.md#tansu-and-apache-kafka); ``relay.enable_idempotence`` turns it on for
+  Apache Kafka (needs ``acks=all``). Delivery stays at-least-once either way (a relay crash between ack and mark
+  republishes) and consumers dedupe by outbox id. Never transactional.
+- Connection security (TLS, SASL) comes from :mod:`smartflow_streams.kafka_security`, shared with the worker.
 - :meth:`KafkaPublisher.publish` never waits longer than ``publish_timeout_seconds`` (10 s): what is not
   acknowledged by then counts as failed and the rows go back to ``pending`` with backoff.
 """
@@ -32,6 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from config import Settings
+from smartflow_streams.kafka_security import aiokafka_security_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +79,7 @@ class KafkaPublisher:
             if self._producer is not None:
                 return True
             relay = self.settings.relay
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.bootstrap_servers(),
-                acks="all" if relay.acks in ("all", "-1") else int(relay.acks),
-                linger_ms=relay.linger_ms,
-                max_batch_size=relay.max_batch_bytes,
-                request_timeout_ms=int(relay.publish_timeout_seconds * 1000),
-                enable_idempotence=False,
-                client_id=f"{self.settings.app_id}-relay",
-            )
+            producer = build_producer(self.settings)
             try:
                 await asyncio.wait_for(producer.start(), relay.topic_check_timeout_seconds)
             except Exception as exc:  # noqa: BLE001 - broker down is an expected state
@@ -204,6 +199,21 @@ class KafkaPublisher:
             await _stop_quietly(producer)
 
 
+def build_producer(settings: Settings) -> AIOKafkaProducer:
+    """The relay's producer (not started): acks, idempotence and security from the settings."""
+    relay = settings.relay
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers(),
+        acks="all" if relay.acks in ("all", "-1") else int(relay.acks),
+        linger_ms=relay.linger_ms,
+        max_batch_size=relay.max_batch_bytes,
+        request_timeout_ms=int(relay.publish_timeout_seconds * 1000),
+        enable_idempotence=relay.enable_idempotence,
+        client_id=f"{settings.app_id}-relay",
+        **aiokafka_security_kwargs(settings),
+    )
+
+
 @functools.lru_cache(maxsize=65_536)
 def _key_hash(key: bytes) -> int:
     return murmur2(key) & 0x7FFFFFFF
@@ -239,7 +249,8 @@ async def _stop_quietly(producer: AIOKafkaProducer) -> None:
 
 async def ensure_topics(settings: Settings, topics: Sequence[str], partitions: int, timeout: float) -> list[str]:
     """Create missing topics; returns the topics created. Raises on timeout or broker error (caller retries)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers(), request_timeout_ms=int(timeout * 1000))
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers(), request_timeout_ms=int(timeout * 1000),
+                                **aiokafka_security_kwargs(settings))
 
     async def run() -> list[str]:
         await admin.start()

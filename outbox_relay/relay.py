@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config import Settings
 from outbox_relay.lease import TableLease
+from smartflow_streams.logs import log_fields
 from outbox_relay.producer import KafkaPublisher, OutgoingMessage, ensure_topics
 from smartflow_streams import clock, metrics, tracing
 from smartflow_streams.catalog import RouteRegistry, ServiceRoute, registry as default_registry
@@ -102,7 +103,8 @@ class TableRelay:
                 await self._abandon_in_flight()
                 self.stats.errors += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                log.warning("relay %s: step failed: %s", self._label, self.stats.last_error)
+                log.warning("relay %s: step failed: %s", self._label, self.stats.last_error,
+                            extra=log_fields(service=self._label))
                 n, delay = 0, error_delay
                 error_delay = min(error_delay * 2, 5.0)
             else:
@@ -192,9 +194,12 @@ class TableRelay:
         dead_now = len(poison) + sum(1 for s in outcomes.values() if s == "dead")
         retried = sum(1 for s in outcomes.values() if s == "pending")
         self._record(claim.rows, published, retried, dead_now, time.perf_counter() - started, ok_ids)
+        for row_id, reason in poison.items():  # rare (a message Kafka can never take): one line per row
+            log.warning("relay %s: outbox_id=%d -> dead: %s", self._label, row_id, reason,
+                        extra=log_fields(service=self._label, outbox_id=row_id))
         if failed:
             log.warning("relay %s: %d of %d rows not delivered (%s)", self._label, len(failed), len(claim.rows),
-                        next(iter(failed.values())))
+                        next(iter(failed.values())), extra=log_fields(service=self._label))
 
     async def _abandon_in_flight(self) -> None:
         """After a failed step: let the batch in flight finish if it can; its failure was or will be logged once."""
@@ -375,7 +380,7 @@ class Relay:
                     s = t.stats
                     log.info("relay %s: claimed=%d published=%d retried=%d dead=%d batches=%d errors=%d rows=%s",
                              t.route.service_name, s.claimed, s.published, s.retried, s.dead, s.batches,
-                             s.errors, s.counts)
+                             s.errors, s.counts, extra=log_fields(service=t.route.service_name))
             try:
                 await asyncio.wait_for(self.stop.wait(), backlog_every)
             except asyncio.TimeoutError:

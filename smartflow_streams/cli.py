@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = _settings()
     from smartflow_streams.logs import setup_logging
 
-    setup_logging(settings.log_level if args.cmd != "up" else "warning")
+    setup_logging(settings.log_level if args.cmd != "up" else "warning", settings.log_format)
     if args.cmd == "config":
         _print(settings.masked())
         sys.exit(0)

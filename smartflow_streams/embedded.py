@@ -64,11 +64,17 @@ def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0) -> None
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout} s")
 
 
-def start_tansu(port: int, log: IO[bytes] | int | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-    """Spawn Tansu on 127.0.0.1:``port`` with memory storage and wait until it accepts connections."""
+def start_tansu(port: int, log: IO[bytes] | int | None = subprocess.DEVNULL,
+                advertised_port: int | None = None) -> subprocess.Popen[bytes]:
+    """Spawn Tansu on 127.0.0.1:``port`` with memory storage and wait until it accepts connections.
+
+    ``advertised_port`` (default ``port``) is the address clients are told to use: a proxy in front of the broker
+    (the TLS tests) advertises itself so every connection goes through it.
+    """
     url = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     proc = subprocess.Popen(
-        [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+        [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
          "--storage-engine", "memory://tansu/"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )

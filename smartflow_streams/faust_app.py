@@ -11,7 +11,10 @@ Faust defaults chosen here: ``at_least_once``, ``store=memory://`` (tables rebui
 ``consumer_auto_offset_reset=earliest`` (upstream reader starts at FirstOffset), web server bound to 127.0.0.1.
 Anything else comes through ``SMARTFLOW_FAUST__<SETTING>`` (e.g. Tansu needs the values in
 :data:`smartflow_streams.embedded.TANSU_FAUST_SETTINGS`). The consumer's fetch wait, hard-coded to 1500 ms by
-Faust, comes from ``worker.fetch_max_wait_ms`` (:func:`_install_fetch_wait`).
+Faust, comes from ``worker.fetch_max_wait_ms`` (:func:`_install_fetch_wait`). TLS/SASL: ``broker_credentials``
+from ``SMARTFLOW_KAFKA__*`` (:mod:`smartflow_streams.kafka_security`, the relay's block too). With
+``SMARTFLOW_LOG_FORMAT=json`` mode's logging gets :func:`smartflow_streams.logs.json_logging_config` (its stdout
+handler replaced, its ``-l`` level kept).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import faust
 from config import Settings, get_settings
 from smartflow_streams.catalog import ACTIVE_SCHEDULER, NOTIFICATION, registry
 from smartflow_streams import tracing
+from smartflow_streams.kafka_security import faust_broker_credentials
+from smartflow_streams.logs import json_logging_config
 from smartflow_streams.masking import install_log_masking
 from smartflow_streams.runtime import WorkerRuntime
 
@@ -57,9 +62,13 @@ def build_app(settings: Settings | None = None, **overrides: Any) -> faust.App:
         datadir=worker.datadir,
         autodiscover=False,
         producer_acks=-1,
+        broker_credentials=faust_broker_credentials(settings),
         web_tables_enabled=False,
         web_router_enabled=False,
     )
+    if settings.log_format == "json":
+        services = worker.services
+        options["logging_config"] = json_logging_config(services[0] if len(services) == 1 else None)
     options.update(settings.faust)
     options.update(overrides)
     app_id = options.pop("id", None) or worker_group_id(settings)

@@ -55,3 +55,7 @@ notification_records = Gauge("smartflow_notification_records", "Notification rec
 retention_deleted = Counter(
     "smartflow_retention_deleted_total", "Rows deleted by scheduled retention", ["table"]
 )
+consumer_lag = Gauge(
+    "smartflow_consumer_lag", "Messages on the partition not yet committed by this worker's group (highwater minus "
+    "committed offset), per assigned partition of the worker's service topics", ["group", "topic", "partition"]
+)

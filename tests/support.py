@@ -270,3 +270,55 @@ async def write_upstream_trigger(conn: Any, topic: str, user_id: int, target_id:
     await conn.execute(sa.insert(active_schedule_triggers).values(**trigger))
     await conn.execute(sa.insert(outbox_table("active_scheduler_outbox_messages")).values(**outbox))
     return str(trigger["id"])
+
+
+class TlsProxy:
+    """Test-only TLS terminator on 127.0.0.1: accepts TLS (client certificate required when ``client_ca`` is given)
+    and pipes the plaintext bytes to ``target_port`` (a Tansu broker that advertises this proxy's port, so every
+    client connection, metadata and fetches alike, goes through TLS). ``handshakes`` counts completed TLS
+    sessions, so a test can show its traffic really was encrypted."""
+
+    def __init__(self, target_port: int, server_context: Any) -> None:
+        from smartflow_streams.embedded import free_port
+
+        self.target_port, self.context = target_port, server_context
+        self.port = free_port()
+        self.handshakes = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> TlsProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, ssl=self.context)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.handshakes += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        tasks = [asyncio.create_task(pipe(reader, up_writer)), asyncio.create_task(pipe(up_reader, writer))]
+        self._tasks.update(tasks)
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            self._tasks.difference_update(tasks)

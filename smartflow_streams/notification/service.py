@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from config import Settings
 from smartflow_streams import metrics, tracing
 from smartflow_streams.errors import LeaseHeldError
+from smartflow_streams.logs import log_fields
 from smartflow_streams.notification import records
 from smartflow_streams.notification.providers import ChannelConfig, SendRequest, SendResult, WebhookProvider
 from smartflow_streams.outbox.repository import ConsumeOutcome, OutboxRepository
@@ -205,7 +206,10 @@ class NotificationService:
                                           reused=reused_flags[i] or n > 0, attempt_count=rec.attempt_count)
                 log.info("notification.feishu.requested consumed: outbox_id=%d notification_id=%d status=%s "
                          "delivered=%s reused=%s attempt_count=%d", items[i][0], rec.id, status,
-                         results[i].delivered, results[i].reused, rec.attempt_count)
+                         results[i].delivered, results[i].reused, rec.attempt_count,
+                         extra=log_fields(service="notification", event_type="notification.feishu.requested",
+                                          outbox_id=items[i][0],
+                                          trace_id=getattr(items[i][1], "trace_id", None) or None))
 
     async def _claim_send_record(
         self, record_ids: list[int],

@@ -12,6 +12,10 @@ Invariants:
   ``smartflow_outbox_oldest_pending_seconds`` (every catalog service that has a table) and
   ``smartflow_notification_records`` are refreshed, at most once every 2 s and under a lock, so scrapes never
   stampede the database; a failed refresh keeps the last values. Labels are service names and statuses only.
+- ``smartflow_consumer_lag{group,topic,partition}`` is set at each scrape from the consumer's own view: highwater
+  of the last fetch minus the last committed offset, for the partitions of the service topics assigned to this
+  worker right now (revoked partitions disappear; a partition with no commit yet counts from offset 0). Labels:
+  at most topics x partitions series per worker. Sum over workers of one group for the group's lag.
 - Faust's sensor metrics are created once per (process, app id) and shared by every app built with that id: calling
   :func:`faust.sensors.prometheus.setup_prometheus_sensors` twice in one process (tests build many apps) would
   register the same series twice in the default registry and raise.
@@ -34,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from smartflow_streams import metrics
 from smartflow_streams.catalog import registry
+from smartflow_streams.kafka_security import aiokafka_security_kwargs
 from smartflow_streams.masking import mask_database_url, scrub_text
 from smartflow_streams.outbox import admin as outbox_admin
 from smartflow_streams.web.queries import NOTIFICATION_STATUSES, notification_counts
@@ -121,8 +126,10 @@ class Readiness:
     async def _list_topics(self) -> set[str]:
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.runtime.settings.bootstrap_servers(),
-                                    client_id=f"{self.app.conf.name}-ready", request_timeout_ms=4000)
+        settings = self.runtime.settings
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers(),
+                                    client_id=f"{self.app.conf.name}-ready", request_timeout_ms=4000,
+                                    **aiokafka_security_kwargs(settings))
         try:  # close even when start() is cancelled by the timeout
             await admin.start()
             return set(await admin.list_topics())
@@ -160,6 +167,29 @@ class GaugeRefresher:
         return await outbox_admin.overview(engine, dead_limit=0), await notification_counts(engine)
 
 
+def refresh_consumer_lag(app: faust.App, runtime: Any) -> None:
+    """Set :data:`metrics.consumer_lag` for the assigned partitions of this worker's service topics."""
+    topics = {registry.service_route(s).topic for s in runtime.settings.worker.services}
+    metrics.consumer_lag.clear()
+    try:
+        consumer = app.consumer
+        assignment = consumer.assignment()
+    except Exception:  # noqa: BLE001 - not started yet: no series
+        return
+    group = str(app.conf.id)
+    for tp in assignment:
+        if tp.topic not in topics:
+            continue
+        try:
+            highwater = consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - partition not fetched yet
+            continue
+        if highwater is None:
+            continue
+        committed = consumer._committed_offset.get(tp) or 0  # Faust keeps the next offset to read
+        metrics.consumer_lag.labels(group, tp.topic, str(tp.partition)).set(max(0, int(highwater) - committed))
+
+
 def define_ops_views(app: faust.App, runtime: Any) -> None:
     readiness = Readiness(app, runtime)
     gauges = GaugeRefresher(runtime)
@@ -177,4 +207,5 @@ def define_ops_views(app: faust.App, runtime: Any) -> None:
     @app.page("/metrics")
     async def prometheus_metrics(self: View, request: web.Request) -> web.Response:
         await gauges.refresh()
+        refresh_consumer_lag(app, runtime)
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
