@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pathlib
 import random
 import time
@@ -176,7 +177,7 @@ async def outbox_row(engine: AsyncEngine, service: str, oid: int) -> Any:
 
 
 async def test_health_and_ready(env: Env) -> None:
-    assert await env.client.call("GET", "/health") == (200, {"status": "ok"})
+    assert await env.client.call("GET", "/health") == (200, {"status": "ok", "pid": os.getpid()})
     status, body = await env.client.call("GET", "/ready")
     assert status == 200 and body["status"] == "ready"
     checks = body["checks"]
@@ -550,7 +551,7 @@ async def test_fuzzed_bodies_get_clear_errors_and_never_break_the_worker(env: En
             assert set(answer) == {"error"}, answer
     assert seen.get(400, 0) > 100  # the fuzz really hit the validation paths
     status, health = await c.call("GET", "/health")
-    assert status == 200 and health == {"status": "ok"}
+    assert status == 200 and health == {"status": "ok", "pid": os.getpid()}
 
 
 async def test_no_secret_in_any_body_or_the_worker_log(env: Env) -> None:
