@@ -15,8 +15,10 @@ Invariants:
   pending) and built; N+1 is published only after N is marked, so a crash leaves at most one batch (500 rows)
   published but unmarked, as without pipelining.
 - Poison (unparseable shell) goes ``dead`` with the reason; Kafka failures go back with backoff (n² s), ``dead``
-  after ``max_retry`` (20). A broken DB or broker never ends the loop: the error is logged and the loop backs off
-  (0.1 s doubling to 5 s).
+  after ``max_retry`` (20). A broken DB or broker never ends the loop: the loop backs off (0.1 s doubling to 5 s;
+  producer and topic-check restarts 1 s doubling to 30 s) and the outage is logged once per state change, with a
+  reminder every ``relay.outage_reminder_seconds`` (:class:`~smartflow_streams.preflight.OutageLog`, one per
+  dependency shared by all tables), not once per retry.
 - Latency: the loop scans again at once after a full batch, ``partial_poll_ms`` (10 ms) after a partial one, and
   backs off to ``idle_poll_max_ms`` (50 ms) when idle, so a lightly loaded relay publishes a new row within ~50 ms.
   A batch's round trips to the database and the broker cost about the same CPU whatever its size, so under light
