@@ -69,6 +69,9 @@ class RelaySettings(BaseModel):
     republish_after_seconds: float = Field(
         600.0, gt=0, description="a published row not consumed within this is republished (lost message sweep)"
     )
+    outage_reminder_seconds: float = Field(
+        60.0, gt=0, description="while the database or the broker stays unreachable the relay logs one line per "
+        "state change and repeats it every this many seconds")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(6067, ge=0, le=65535, description="0 disables the relay's /metrics endpoint")
 

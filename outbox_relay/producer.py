@@ -35,9 +35,14 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from config import Settings
 from smartflow_streams.kafka_security import aiokafka_security_kwargs
+from smartflow_streams.preflight import OutageLog, describe
 
 log = logging.getLogger(__name__)
 
+
+START_RETRY_SECONDS = 1.0
+MAX_RETRY_SECONDS = 30.0
+"""Producer start retries back off from 1 s, doubling, to 30 s while the broker stays unreachable."""
 
 MAX_REQUEST_SIZE = 1_048_576
 """aiokafka's default ``max_request_size`` (the producer keeps it); a bigger message can never be delivered."""
@@ -68,6 +73,8 @@ class KafkaPublisher:
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._next_attempt = 0.0
+        self._retry_delay = START_RETRY_SECONDS
+        self.outage: OutageLog | None = None  # set by the relay: one log line per broker state change
 
     async def ready(self) -> bool:
         if self._producer is not None:
@@ -78,16 +85,26 @@ class KafkaPublisher:
         async with self._lock:
             if self._producer is not None:
                 return True
+            if loop.time() < self._next_attempt:  # another table's attempt failed while this one waited
+                return False
             relay = self.settings.relay
             producer = build_producer(self.settings)
             try:
                 await asyncio.wait_for(producer.start(), relay.topic_check_timeout_seconds)
             except Exception as exc:  # noqa: BLE001 - broker down is an expected state
-                log.warning("kafka producer not started (%s); retrying in 2 s", type(exc).__name__)
-                self._next_attempt = loop.time() + 2.0
+                delay = self._retry_delay
+                self._retry_delay = min(delay * 2, MAX_RETRY_SECONDS)
+                if self.outage is not None:
+                    self.outage.failed(exc, delay)
+                else:
+                    log.warning("kafka producer not started (%s); retrying in %g s", describe(exc), delay)
+                self._next_attempt = loop.time() + delay
                 await _stop_quietly(producer)
                 return False
             self._producer = producer
+            self._retry_delay = START_RETRY_SECONDS
+            if self.outage is not None:
+                self.outage.recovered()
             return True
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> dict[int, DeliveryFailure]:

@@ -15,8 +15,10 @@ Invariants:
   pending) and built; N+1 is published only after N is marked, so a crash leaves at most one batch (500 rows)
   published but unmarked, as without pipelining.
 - Poison (unparseable shell) goes ``dead`` with the reason; Kafka failures go back with backoff (n² s), ``dead``
-  after ``max_retry`` (20). A broken DB or broker never ends the loop: the error is logged and the loop backs off
-  (0.1 s doubling to 5 s).
+  after ``max_retry`` (20). A broken DB or broker never ends the loop: the loop backs off (0.1 s doubling to 5 s;
+  producer and topic-check restarts 1 s doubling to 30 s) and the outage is logged once per state change, with a
+  reminder every ``relay.outage_reminder_seconds`` (:class:`~smartflow_streams.preflight.OutageLog`, one per
+  dependency shared by all tables), not once per retry.
 - Latency: the loop scans again at once after a full batch, ``partial_poll_ms`` (10 ms) after a partial one, and
   backs off to ``idle_poll_max_ms`` (50 ms) when idle, so a lightly loaded relay publishes a new row within ~50 ms.
   A batch's round trips to the database and the broker cost about the same CPU whatever its size, so under light
@@ -53,6 +55,7 @@ from smartflow_streams.catalog import RouteRegistry, ServiceRoute, registry as d
 from smartflow_streams.contracts.envelope import KafkaEnvelope, parse_shell_fields
 from smartflow_streams.errors import ContractError, RouteNotRegisteredError
 from smartflow_streams.outbox.repository import Claim, OutboxRepository, OutboxRow
+from smartflow_streams.preflight import OutageLog, database_where
 
 log = logging.getLogger("outbox_relay")
 
@@ -78,7 +81,7 @@ class TableRelay:
 
     def __init__(
         self, route: ServiceRoute, engine: AsyncEngine, publisher: KafkaPublisher, settings: Settings,
-        owner: str, stop: asyncio.Event, registry: RouteRegistry | None = None,
+        owner: str, stop: asyncio.Event, registry: RouteRegistry | None = None, db_outage: OutageLog | None = None,
     ) -> None:
         self.route, self.engine, self.publisher, self.settings = route, engine, publisher, settings
         self.stop = stop
@@ -90,6 +93,9 @@ class TableRelay:
         self._next_sweep = 0.0
         self._in_flight: asyncio.Task[None] | None = None
         self._in_flight_ids: list[int] = []  # rows of the batch in flight: still pending, not to be read again
+        reminder = settings.relay.outage_reminder_seconds
+        self.db_outage = db_outage or OutageLog(log, "database", database_where(settings.database_url), reminder)
+        self._step_trouble = OutageLog(log, f"relay {self._label}:", "step", reminder, problem="failing")
 
     async def run(self) -> None:
         relay = self.settings.relay
@@ -99,14 +105,16 @@ class TableRelay:
             try:
                 n = await self.step()
                 error_delay = 0.1
+                self.db_outage.recovered()
+                self._step_trouble.recovered()
             except Exception as exc:  # noqa: BLE001 - the loop must survive DB/broker outages
                 await self._abandon_in_flight()
                 self.stats.errors += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                log.warning("relay %s: step failed: %s", self._label, self.stats.last_error,
-                            extra=log_fields(service=self._label))
                 n, delay = 0, error_delay
                 error_delay = min(error_delay * 2, 5.0)
+                outage = self.db_outage if _is_database_error(exc) else self._step_trouble
+                outage.failed(exc, delay)
             else:
                 if n >= relay.batch_size:
                     delay = 0.0
@@ -289,6 +297,11 @@ class TableRelay:
         metrics.outbox_oldest_pending.labels(self._label).set(max(0.0, age))
 
 
+def _is_database_error(exc: BaseException) -> bool:
+    """Errors of the database connection (the step's only I/O besides Kafka, whose failures are return values)."""
+    return isinstance(exc, (sa.exc.SQLAlchemyError, OSError, asyncio.TimeoutError))
+
+
 def _group(reasons: dict[int, str]) -> dict[str, list[int]]:
     grouped: dict[str, list[int]] = defaultdict(list)
     for row_id, reason in reasons.items():
@@ -328,8 +341,12 @@ class Relay:
         self.stop = asyncio.Event()
         self.owner = relay_owner_id()
         self.publisher = KafkaPublisher(settings)
+        reminder = settings.relay.outage_reminder_seconds
+        self.publisher.outage = OutageLog(log, "kafka broker", settings.kafka_bootstrap, reminder)
+        self.topics_outage = OutageLog(log, "kafka broker (topic check)", settings.kafka_bootstrap, reminder)
+        self.db_outage = OutageLog(log, "database", database_where(settings.database_url), reminder)
         self.tables = [
-            TableRelay(route, engine, self.publisher, settings, self.owner, self.stop, self.registry)
+            TableRelay(route, engine, self.publisher, settings, self.owner, self.stop, self.registry, self.db_outage)
             for route in routes_for(settings, self.registry)
         ]
         self.topics_ready = False
@@ -351,16 +368,19 @@ class Relay:
     async def _provision_topics(self) -> None:
         topics = sorted({t.route.topic for t in self.tables})
         timeout = self.settings.relay.topic_check_timeout_seconds
+        delay = 1.0
         while not self.stop.is_set():
             try:
                 created = await ensure_topics(self.settings, topics, self.settings.relay.topic_partitions, timeout)
                 self.topics_ready = True
+                self.topics_outage.recovered()
                 log.info("relay topics ready (%d, created %s)", len(topics), created or "none")
                 return
             except Exception as exc:  # noqa: BLE001
-                log.warning("relay topic check failed (%s: %s); retrying in 5 s", type(exc).__name__, exc)
+                self.topics_outage.failed(exc, delay)
             try:
-                await asyncio.wait_for(self.stop.wait(), 5)
+                wait, delay = delay, min(delay * 2, 30.0)
+                await asyncio.wait_for(self.stop.wait(), wait)
             except asyncio.TimeoutError:
                 pass
 

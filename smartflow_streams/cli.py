@@ -101,9 +101,52 @@ async def _notify_test(args: argparse.Namespace) -> int:
     from smartflow_streams.notification.channels import send_channel_test
 
     settings = _settings()
-    result = await _with_engine(lambda e: send_channel_test(e, settings, args.user_id))
+
+    async def run(engine: Any) -> tuple[dict[str, Any], str]:
+        result = await send_channel_test(engine, settings, args.user_id)
+        hint = "" if result.get("status") == "success" else await _notify_test_hint(engine, settings, args.user_id)
+        return result, hint
+
+    result, hint = await _with_engine(run)
     _print(result)
+    if hint:
+        print(hint, file=sys.stderr)
     return 0 if result.get("status") == "success" else 1
+
+
+async def _notify_test_hint(engine: Any, settings: config.Settings, user_id: int) -> str:
+    """Why a channel test failed, in the terms of this machine: no channel, or a plain-http (demo) channel."""
+    import sqlalchemy as sa
+    from urllib.parse import urlsplit
+
+    from smartflow_streams.db.models import user_notification_channels as t
+    from smartflow_streams.masking import mask_webhook_url
+    from smartflow_streams.preflight import unreachable_brokers
+
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(t.c.webhook_url, t.c.enabled).where(
+            t.c.user_id == user_id, t.c.channel == "feishu_webhook"))).first()
+    if row is None or not row.enabled or not row.webhook_url:
+        return (f"note: user {user_id} has no enabled feishu_webhook channel; give it one through the channel API "
+                f"(PUT /api/v1/notification/channels/feishu on the worker, as that user) first")
+    url = str(row.webhook_url)
+    parts = urlsplit(url)
+    if parts.scheme != "http" or settings.notification.allow_plain_http:
+        return ""
+    where = f"{parts.hostname}:{parts.port or 80}"
+    down = bool(unreachable_brokers([where], timeout=0.5))  # a plain TCP connect
+    demo = "/flow/api/trigger-webhook/demo-user-" in url
+    lines = [f"note: user {user_id}'s channel is a plain-http URL ({mask_webhook_url(url)})"
+             + (", written by `smartflow up --demo`" if demo else "") + ".",
+             "  Plain http is refused unless SMARTFLOW_NOTIFICATION__ALLOW_PLAIN_HTTP=true and the host is in "
+             "SMARTFLOW_NOTIFICATION__ALLOWED_HOSTS; the demo sets both for its own run only."]
+    if down:
+        lines.append(f"  Nothing listens on {where} now" + (" (the demo receiver stops with the demo)" if demo
+                                                             else "") + ", so even that would fail.")
+    lines.append(f"  To test it: SMARTFLOW_NOTIFICATION__ALLOW_PLAIN_HTTP=true "
+                 f"SMARTFLOW_NOTIFICATION__ALLOWED_HOSTS='[\"{parts.hostname}\"]' smartflow notify-test {user_id}"
+                 + (" while the demo runs" if demo else "") + ", or give the user a real https Feishu webhook.")
+    return "\n".join(lines)
 
 
 async def _load(args: argparse.Namespace) -> int:
@@ -113,9 +156,21 @@ async def _load(args: argparse.Namespace) -> int:
     settings = _settings()
 
     async def run(engine: Any) -> int:
+        from smartflow_streams import clock
+        from smartflow_streams.contracts.dedupe import notification_dedupe_key
+
+        users = list(range(args.first_user, args.first_user + min(args.users, args.count)))
+        without = await _users_without_channel(engine, users)
+        if without:
+            print(f"warning: {len(without)} of {len(users)} users ({_id_ranges(without)}) have no enabled "
+                  "feishu_webhook channel: their notifications end `skipped` and nothing is delivered to them. "
+                  "Give them channels first (PUT /api/v1/notification/channels/feishu), or use users that have "
+                  "one (after `smartflow up --demo`: --first-user 1001 --users 5).", file=sys.stderr, flush=True)
         sessions = session_factory(engine)
+        window = settings.notification.dedupe_window_seconds
         started = time.monotonic()
         created = hits = 0
+        keys: set[str] = set()
         for i in range(args.count):
             uid = args.first_user + i % args.users
             async with sessions() as s, s.begin():
@@ -124,15 +179,67 @@ async def _load(args: argparse.Namespace) -> int:
                     target_id=i + 1, trace_id=f"trace_load_{uid}_{i}"), settings)
             created += not result.dedupe_hit
             hits += result.dedupe_hit
+            if not result.dedupe_hit:
+                keys.add(notification_dedupe_key(uid, "important_urgent_task", clock.db_now(),
+                                                 window_seconds=window, zone=settings.zone))
             if args.rate:
                 await asyncio.sleep(max(0.0, started + (i + 1) / args.rate - time.monotonic()))
             if (i + 1) % max(1, args.count // 20) == 0 or i + 1 == args.count:
                 rate = (i + 1) / max(time.monotonic() - started, 1e-9)
-                print(f"\r{i + 1}/{args.count} triggers ({rate:.0f}/s, {hits} dedupe hits)", end="", flush=True)
+                print(f"\r{i + 1}/{args.count} triggers ({rate:.0f}/s, {hits} trigger dedupe hits)", end="",
+                      flush=True)
         print()
+        earlier = await _keys_with_records(engine, keys)
+        print(f"{created} new triggers, {hits} trigger dedupe hits (an open trigger for the same user and target).")
+        print(f"notifications: the {created} new triggers share {len(keys)} notification dedupe key(s) (one per "
+              f"user, trigger type and {window // 60}-minute window), so the worker sends at most "
+              f"{len(keys) - earlier} and counts {created - len(keys) + earlier} as deduplicated"
+              + (f" ({earlier} key(s) were already used before this run)" if earlier else "")
+              + (f"; {len(without)} user(s) without a channel end skipped" if without else "") + ".")
         return 0
 
     return await _with_engine(run)
+
+
+async def _users_without_channel(engine: Any, users: list[int]) -> list[int]:
+    import sqlalchemy as sa
+
+    from smartflow_streams.db.models import user_notification_channels as t
+
+    async with engine.connect() as conn:
+        rows = await conn.execute(sa.select(t.c.user_id).where(
+            t.c.user_id.in_(users), t.c.channel == "feishu_webhook", t.c.enabled.is_(True)))
+        have = {int(r[0]) for r in rows}
+    return [u for u in users if u not in have]
+
+
+async def _keys_with_records(engine: Any, keys: set[str]) -> int:
+    """How many of ``keys`` had a notification record created before now (chunks of 500 keys per query)."""
+    import sqlalchemy as sa
+
+    from smartflow_streams.db.models import notification_records as t
+
+    found = 0
+    ordered = sorted(keys)
+    async with engine.connect() as conn:
+        for i in range(0, len(ordered), 500):
+            found += int((await conn.execute(sa.select(sa.func.count(sa.distinct(t.c.dedupe_key))).where(
+                t.c.dedupe_key.in_(ordered[i:i + 500])))).scalar() or 0)
+    return found
+
+
+def _id_ranges(ids: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"`` (at most 5 ranges, then ``...``)."""
+    ranges: list[str] = []
+    start = prev = ids[0]
+    for uid in ids[1:] + [None]:  # type: ignore[list-item]
+        if uid is not None and uid == prev + 1:
+            prev = uid
+            continue
+        ranges.append(f"{start}-{prev}" if prev != start else str(start))
+        if uid is not None:
+            start = prev = uid
+    return ", ".join(ranges[:5]) + (", ..." if len(ranges) > 5 else "")
 
 
 def main(argv: list[str] | None = None) -> None:

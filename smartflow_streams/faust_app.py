@@ -20,6 +20,7 @@ handler replaced, its ``-l`` level kept).
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import faust
@@ -84,6 +85,10 @@ def build_app(settings: Settings | None = None, **overrides: Any) -> faust.App:
     _define_timers(app, runtime, settings)
     define_views(app, runtime)
 
+    @app.on_worker_init.connect
+    def _preflight(sender: Any, **_kwargs: Any) -> None:
+        worker_preflight(settings)
+
     @app.task
     async def _on_start() -> None:
         install_log_masking()
@@ -92,6 +97,30 @@ def build_app(settings: Settings | None = None, **overrides: Any) -> faust.App:
                  [registry.service_route(s).topic for s in worker.services])
 
     return app
+
+
+def worker_preflight(settings: Settings) -> None:
+    """Before ``faust worker`` starts anything: a broker must answer and the web port must be free, else one line
+    on stderr (what, where, the error, what to do) and exit 1, instead of Faust's traceback a few seconds later.
+
+    Runs only for the ``faust worker`` command (Faust's ``on_worker_init`` signal). The broker check is a TCP
+    connect to each bootstrap server (1 s each, any one answering passes); a port that answers but does not speak
+    Kafka still fails later inside Faust.
+    """
+    from smartflow_streams.preflight import PortClaim, check_ports, describe, unreachable_brokers
+
+    problems = check_ports([PortClaim("worker web server", settings.worker.web_host, settings.worker.web_port,
+                                      "SMARTFLOW_WORKER__WEB_PORT")])
+    failures = unreachable_brokers(settings.bootstrap_servers())
+    if failures:
+        errors = "; ".join(f"{server}: {describe(exc)}" for server, exc in failures)
+        problems.append(f"no Kafka broker reachable at {settings.kafka_bootstrap} ({errors}); start the broker "
+                        "first (`smartflow up` runs an embedded one) or point SMARTFLOW_KAFKA_BOOTSTRAP at a "
+                        "running one")
+    if problems:
+        for problem in problems:
+            print(f"smartflow worker: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
 
 
 def _install_fetch_wait() -> None:

@@ -95,4 +95,12 @@ def setup_logging(level: str = "info", log_format: str = "text", default_service
     else:
         logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=TEXT_FORMAT)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    for name in ("aiokafka", "aiokafka.client"):
+        logging.getLogger(name).addFilter(_drop_connect_failures)
     install_log_masking()
+
+
+def _drop_connect_failures(record: logging.LogRecord) -> bool:
+    """aiokafka logs ``Unable connect to ...`` at ERROR on every attempt; the caller's outage line
+    (:class:`smartflow_streams.preflight.OutageLog`) reports it once per state change instead."""
+    return not str(record.msg).startswith("Unable connect to")

@@ -1,7 +1,8 @@
 """Operations views: ``/health`` (liveness), ``/ready`` (readiness), ``/metrics`` (Prometheus text).
 
 Invariants:
-- ``/health`` answers ``{"status": "ok"}`` whenever the event loop serves requests; it touches nothing else.
+- ``/health`` answers ``{"status": "ok", "pid": <worker process id>}`` whenever the event loop serves requests; it
+  touches nothing else.
 - ``/ready`` is 200 only when all three checks pass, else 503; the body lists each check:
   ``database`` (``SELECT 1`` within 2 s, run on every call), ``consumer`` (the Faust consumer has a non-empty
   partition assignment: a worker that has not joined its group yet is not ready) and ``topics`` (every topic of
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -197,7 +199,8 @@ def define_ops_views(app: faust.App, runtime: Any) -> None:
 
     @app.page("/health")
     async def health(self: View, request: web.Request) -> web.Response:
-        return json_response({"status": "ok"})
+        # pid: lets a supervisor (``smartflow up``) tell its own worker from another process on this port
+        return json_response({"status": "ok", "pid": os.getpid()})
 
     @app.page("/ready")
     async def ready(self: View, request: web.Request) -> web.Response:

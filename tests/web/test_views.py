@@ -55,6 +55,7 @@ class Stack:
     log: pathlib.Path
     ready_statuses: list[Any]
     bodies: list[str] = field(default_factory=list)
+    pid: int = 0  # the worker process's id (its /health reports it)
 
 
 def _poll_ready(base: str, proc: Any, log: pathlib.Path, bodies: list[str], timeout: float = 60.0) -> list[Any]:
@@ -100,7 +101,7 @@ def stack(request: pytest.FixtureRequest, kafka_bootstrap: str,
     bodies: list[str] = []
     try:
         statuses = _poll_ready(base, proc, log, bodies)
-        yield Stack(kind, db, tag, base, log, statuses, bodies)
+        yield Stack(kind, db, tag, base, log, statuses, bodies, proc.pid)
     finally:
         assert terminate(proc) == 0
         asyncio.run(drop_database(db, mysql))
@@ -176,7 +177,7 @@ async def outbox_row(engine: AsyncEngine, service: str, oid: int) -> Any:
 
 
 async def test_health_and_ready(env: Env) -> None:
-    assert await env.client.call("GET", "/health") == (200, {"status": "ok"})
+    assert await env.client.call("GET", "/health") == (200, {"status": "ok", "pid": env.stack.pid})
     status, body = await env.client.call("GET", "/ready")
     assert status == 200 and body["status"] == "ready"
     checks = body["checks"]
@@ -550,7 +551,7 @@ async def test_fuzzed_bodies_get_clear_errors_and_never_break_the_worker(env: En
             assert set(answer) == {"error"}, answer
     assert seen.get(400, 0) > 100  # the fuzz really hit the validation paths
     status, health = await c.call("GET", "/health")
-    assert status == 200 and health == {"status": "ok"}
+    assert status == 200 and health == {"status": "ok", "pid": env.stack.pid}
 
 
 async def test_no_secret_in_any_body_or_the_worker_log(env: Env) -> None:
