@@ -11,11 +11,17 @@ Faust defaults chosen here: ``at_least_once``, ``store=memory://`` (tables rebui
 Anything else comes through ``SMARTFLOW_FAUST__<SETTING>`` (e.g. Tansu needs the values in
 :data:`smartflow_streams.embedded.TANSU_FAUST_SETTINGS`). The consumer's fetch wait, hard-coded to 1500 ms by
 Faust, comes from ``worker.fetch_max_wait_ms`` (:func:`_install_fetch_wait`).
+
+Data directory (:func:`worker_datadir`): Faust's ``faust --datadir DIR`` / ``F_DATADIR=DIR`` when given, else
+``worker.datadir`` (``SMARTFLOW_WORKER__DATADIR``, default ``./var/faust``). Missing parent folders are created
+at start (:class:`SmartflowApp`), so the documented command works in a fresh checkout without ``./var``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import faust
@@ -35,6 +41,27 @@ def worker_group_id(settings: Settings) -> str:
     return settings.worker.group_id or settings.app_id
 
 
+FAUST_DEFAULT_DATADIR = "{conf.name}-data"
+"""Faust's built-in default; its CLI exports it as ``F_DATADIR`` when ``--datadir`` is not given."""
+
+
+def worker_datadir(settings: Settings, environ: Mapping[str, str] = os.environ) -> str:
+    """``--datadir`` / ``F_DATADIR`` (Faust's convention) when set to anything but Faust's default, else the
+    configured ``worker.datadir``. The Faust CLI puts ``--datadir`` into ``F_DATADIR`` before it imports the app."""
+    given = environ.get("F_DATADIR", "").strip()
+    if given and given != FAUST_DEFAULT_DATADIR:
+        return given
+    return settings.worker.datadir
+
+
+class SmartflowApp(faust.App):
+    """``faust.App`` that creates its data folders with their missing parents (Faust: only the last level)."""
+
+    def _create_directories(self) -> None:
+        for path in (self.conf.datadir, self.conf.appdir, self.conf.tabledir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
 def build_app(settings: Settings | None = None, **overrides: Any) -> faust.App:
     from agents import define_agents
     from smartflow_streams.web import define_views
@@ -52,7 +79,7 @@ def build_app(settings: Settings | None = None, **overrides: Any) -> faust.App:
         web_host=worker.web_host,
         web_bind=worker.web_host,
         web_port=worker.web_port,
-        datadir=worker.datadir,
+        datadir=worker_datadir(settings),
         autodiscover=False,
         producer_acks=-1,
         web_tables_enabled=False,
@@ -61,7 +88,7 @@ def build_app(settings: Settings | None = None, **overrides: Any) -> faust.App:
     options.update(settings.faust)
     options.update(overrides)
     app_id = options.pop("id", None) or worker_group_id(settings)
-    app = faust.App(app_id, **options)
+    app = SmartflowApp(app_id, **options)
     app.smartflow_fetch_max_wait_ms = worker.fetch_max_wait_ms  # type: ignore[attr-defined]
     _install_fetch_wait()
 

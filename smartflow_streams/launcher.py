@@ -149,7 +149,7 @@ class Stack:
             for uid in DEMO_USERS:
                 await conn.execute(sa.insert(t).values(
                     user_id=uid, channel="feishu_webhook", enabled=True, webhook_url=self.receiver.url(uid),
-                    auth_type="none", webhook_kind="flow", created_at=now, updated_at=now))
+                    auth_type="none", bearer_token="", webhook_kind="flow", created_at=now, updated_at=now))
 
     async def wait_ready(self, timeout: float = 90.0) -> bool:
         url = f"http://{self.settings.worker.web_host}:{self.settings.worker.web_port}/ready"
