@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import faust
@@ -45,10 +46,25 @@ FAUST_DEFAULT_DATADIR = "{conf.name}-data"
 """Faust's built-in default; its CLI exports it as ``F_DATADIR`` when ``--datadir`` is not given."""
 
 
-def worker_datadir(settings: Settings, environ: Mapping[str, str] = os.environ) -> str:
-    """``--datadir`` / ``F_DATADIR`` (Faust's convention) when set to anything but Faust's default, else the
-    configured ``worker.datadir``. The Faust CLI puts ``--datadir`` into ``F_DATADIR`` before it imports the app."""
-    given = environ.get("F_DATADIR", "").strip()
+def _argv_datadir(argv: Sequence[str]) -> str:
+    """``--datadir DIR`` / ``--datadir=DIR`` / ``-D DIR`` of a ``faust`` command line, ``""`` if absent or if this is
+    not the Faust CLI. Read from argv because the CLI imports the app (``-A``) before it exports ``F_DATADIR``."""
+    program = os.path.normpath(argv[0]) if argv else ""
+    if "faust" not in (os.path.basename(program), os.path.basename(os.path.dirname(program))):
+        return ""  # neither the ``faust`` script nor ``python -m faust`` (.../faust/__main__.py)
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg in ("--datadir", "-D") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--datadir="):
+            return arg.partition("=")[2]
+    return ""
+
+
+def worker_datadir(settings: Settings, environ: Mapping[str, str] = os.environ,
+                   argv: Sequence[str] = sys.argv) -> str:
+    """The worker's data directory, first found: ``faust --datadir DIR``; ``F_DATADIR`` (Faust's environment
+    convention) unless it is Faust's own default; the configured ``worker.datadir`` (default ``./var/faust``)."""
+    given = _argv_datadir(argv).strip() or environ.get("F_DATADIR", "").strip()
     if given and given != FAUST_DEFAULT_DATADIR:
         return given
     return settings.worker.datadir
