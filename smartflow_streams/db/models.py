@@ -4,7 +4,10 @@ Invariants:
 - Column names, types and status strings are upstream's (spec 2.1, 8.1, 9.1) so Go and Python processes can
   share one database. Columns we add are nullable or defaulted, so rows written by the Go services still work:
   outbox ``claim_token`` (relay lease owner; the lease expiry reuses ``next_retry_at``), channel ``webhook_kind``,
-  ``sign_secret``, ``msg_type``, record ``send_token``.
+  ``sign_secret``, ``msg_type``, record ``send_token``. ``active_schedule_previews`` is the Go table exactly (key
+  ``preview_id``). Go NOT NULL columns are NOT NULL here too; those without a Go default that the project must
+  always name (previews ``base_version``/``expires_at``/``generated_at``, channel ``webhook_url``/``bearer_token``)
+  have no default here either, so a fresh project database rejects the incomplete inserts the Go database would.
 - DB datetimes are naive wall-clock times in the configured zone (Go DSN ``loc=Local``, ``Asia/Shanghai``),
   DATETIME(3) on MySQL like GORM.
 - Index names follow upstream on MySQL; SQLite index names are global, so there they get the table name as a

@@ -41,7 +41,8 @@ class PreviewDecision:
       sent to the user: <= 180 characters are kept by the notification service, no links);
     * ``preview`` (JSON-able detail) -> ``decision_json``;
     * ``candidates`` -> ``candidates_json`` (NULL when empty) and ``candidate_count``; ``selected_candidate_id``
-      (must be the ``id`` of one of them, or ``""``) -> ``selected_candidate_id`` and ``selected_candidate_json``;
+      (the ``id`` of one of them; ``""`` or an unknown id leaves both NULL) -> ``selected_candidate_id`` and
+      ``selected_candidate_json``;
     * ``base_version`` (<= 128 characters) -> ``base_version``; ``""`` = the workflow's default, a digest of the
       trigger's inputs (:func:`smartflow_streams.scheduler.workflow.preview_base_version`). A builder that reads
       the user's schedule should put the version of what it read here, so an apply step can detect a change.
