@@ -85,7 +85,7 @@ async def prepare(url: str, hook: Webhook, users: range, tag: str) -> tuple[conf
     engine = create_engine(settings)
     await upgrade_schema(engine)
     now = clock.db_now()
-    rows = [dict(user_id=u, channel="feishu_webhook", enabled=True, auth_type="none", webhook_kind="flow",
+    rows = [dict(user_id=u, channel="feishu_webhook", enabled=True, auth_type="none", bearer_token="", webhook_kind="flow",
                  webhook_url=f"http://127.0.0.1:{hook.port}/flow/api/trigger-webhook/bench-{u}",
                  created_at=now, updated_at=now) for u in users]
     async with engine.begin() as conn:

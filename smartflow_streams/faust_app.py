@@ -15,12 +15,18 @@ Faust, comes from ``worker.fetch_max_wait_ms`` (:func:`_install_fetch_wait`). TL
 from ``SMARTFLOW_KAFKA__*`` (:mod:`smartflow_streams.kafka_security`, the relay's block too). With
 ``SMARTFLOW_LOG_FORMAT=json`` mode's logging gets :func:`smartflow_streams.logs.json_logging_config` (its stdout
 handler replaced, its ``-l`` level kept).
+
+Data directory (:func:`worker_datadir`): Faust's ``faust --datadir DIR`` / ``F_DATADIR=DIR`` when given, else
+``worker.datadir`` (``SMARTFLOW_WORKER__DATADIR``, default ``./var/faust``). Missing parent folders are created
+at start (:class:`SmartflowApp`), so the documented command works in a fresh checkout without ``./var``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import faust
@@ -43,6 +49,42 @@ def worker_group_id(settings: Settings) -> str:
     return settings.worker.group_id or settings.app_id
 
 
+FAUST_DEFAULT_DATADIR = "{conf.name}-data"
+"""Faust's built-in default; its CLI exports it as ``F_DATADIR`` when ``--datadir`` is not given."""
+
+
+def _argv_datadir(argv: Sequence[str]) -> str:
+    """``--datadir DIR`` / ``--datadir=DIR`` / ``-D DIR`` of a ``faust`` command line, ``""`` if absent or if this is
+    not the Faust CLI. Read from argv because the CLI imports the app (``-A``) before it exports ``F_DATADIR``."""
+    program = os.path.normpath(argv[0]) if argv else ""
+    if "faust" not in (os.path.basename(program), os.path.basename(os.path.dirname(program))):
+        return ""  # neither the ``faust`` script nor ``python -m faust`` (.../faust/__main__.py)
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg in ("--datadir", "-D") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--datadir="):
+            return arg.partition("=")[2]
+    return ""
+
+
+def worker_datadir(settings: Settings, environ: Mapping[str, str] = os.environ,
+                   argv: Sequence[str] = sys.argv) -> str:
+    """The worker's data directory, first found: ``faust --datadir DIR``; ``F_DATADIR`` (Faust's environment
+    convention) unless it is Faust's own default; the configured ``worker.datadir`` (default ``./var/faust``)."""
+    given = _argv_datadir(argv).strip() or environ.get("F_DATADIR", "").strip()
+    if given and given != FAUST_DEFAULT_DATADIR:
+        return given
+    return settings.worker.datadir
+
+
+class SmartflowApp(faust.App):
+    """``faust.App`` that creates its data folders with their missing parents (Faust: only the last level)."""
+
+    def _create_directories(self) -> None:
+        for path in (self.conf.datadir, self.conf.appdir, self.conf.tabledir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
 def build_app(settings: Settings | None = None, **overrides: Any) -> faust.App:
     from agents import define_agents
     from smartflow_streams.web import define_views
@@ -60,7 +102,7 @@ def build_app(settings: Settings | None = None, **overrides: Any) -> faust.App:
         web_host=worker.web_host,
         web_bind=worker.web_host,
         web_port=worker.web_port,
-        datadir=worker.datadir,
+        datadir=worker_datadir(settings),
         autodiscover=False,
         producer_acks=-1,
         broker_credentials=faust_broker_credentials(settings),
@@ -73,7 +115,7 @@ def build_app(settings: Settings | None = None, **overrides: Any) -> faust.App:
     options.update(settings.faust)
     options.update(overrides)
     app_id = options.pop("id", None) or worker_group_id(settings)
-    app = faust.App(app_id, **options)
+    app = SmartflowApp(app_id, **options)
     app.smartflow_fetch_max_wait_ms = worker.fetch_max_wait_ms  # type: ignore[attr-defined]
     _install_fetch_wait()
 

@@ -257,7 +257,7 @@ class Stack:
             for uid in self.demo_users:
                 await conn.execute(sa.insert(t).values(
                     user_id=uid, channel="feishu_webhook", enabled=True, webhook_url=self.receiver.url(uid),
-                    auth_type="none", webhook_kind="flow", created_at=now, updated_at=now))
+                    auth_type="none", bearer_token="", webhook_kind="flow", created_at=now, updated_at=now))
 
     async def wait_ready(self, timeout: float = 90.0) -> str | None:
         """``None`` once every child is ready (see the module invariants), else why not. Returns early when a

@@ -86,7 +86,7 @@ async def put_channel(engine: AsyncEngine, settings: Settings, user_id: int, bod
         raise ChannelError(40005, f"wrong parameter: webhook_url ({exc})") from None
     enabled = body.get("enabled")
     values = dict(enabled=True if enabled is None else bool(enabled), webhook_url=url, auth_type=auth_type,
-                  bearer_token=token if auth_type == "bearer" else None, webhook_kind=kind, msg_type=msg_type,
+                  bearer_token=token if auth_type == "bearer" else "", webhook_kind=kind, msg_type=msg_type,
                   sign_secret=str(body.get("sign_secret") or "").strip() or None, updated_at=clock.db_now())
     async with engine.begin() as conn:
         existing = await _row(conn, user_id)

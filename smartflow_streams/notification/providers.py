@@ -89,8 +89,17 @@ _BOT_PERMANENT_CODES = {
     19022: "bot_ip_denied",
     19024: "bot_keyword_missing",
 }
-_BOT_RATE_LIMIT_CODES = frozenset({11232, 99991400})
+_RATE_LIMIT_CODES = frozenset({11232, 99991400})
 _RATE_LIMIT_MESSAGES = ("too many request", "frequency limit")
+RATE_LIMITED = "provider_rate_limited"
+"""Error code of every rate-limit answer, both kinds: HTTP 429, or a business ``code`` 11232 / 99991400, or a
+``msg`` containing "frequency limit" / "too many request" (any case). Temporary: retried with the normal backoff
+(``Retry-After`` honoured when longer). Upstream made the Flow answers ``payload_invalid`` (dead at once)."""
+
+
+def _rate_limited(code: int, msg: str) -> bool:
+    lowered = msg.lower()
+    return code in _RATE_LIMIT_CODES or any(marker in lowered for marker in _RATE_LIMIT_MESSAGES)
 
 
 class Outcome(str, Enum):
@@ -339,10 +348,12 @@ def classify_flow_response(status: int, body: bytes) -> Verdict:
         data = _json_object(body) or {}
         code = _int_code(data.get("code"))
         if code:
-            msg = data.get("msg")
-            return Outcome.PERMANENT, "payload_invalid", msg if isinstance(msg, str) and msg else f"code={code}"
+            msg = data.get("msg") if isinstance(data.get("msg"), str) else ""
+            if _rate_limited(code, msg):  # deliberate difference: upstream answers payload_invalid (dead)
+                return Outcome.TEMPORARY, RATE_LIMITED, f"code={code} msg={msg}"
+            return Outcome.PERMANENT, "payload_invalid", msg or f"code={code}"
         return Outcome.SUCCESS, "", ""
-    return _classify_status(status, body, rate_limit_code="provider_rate_limited")
+    return _classify_status(status, body, rate_limit_code=RATE_LIMITED)
 
 
 def _classify_status(status: int, body: bytes, *, rate_limit_code: str) -> Verdict:
@@ -370,16 +381,15 @@ def _bot_code(data: Mapping[str, Any]) -> tuple[int | None, str]:
 def classify_bot_code(code: int, msg: str) -> Verdict:
     """A non-zero custom-bot business code (docs/upstream.md#feishu-answer-classification)."""
     message = f"code={code} msg={msg}"
-    lowered = msg.lower()
-    if code in _BOT_RATE_LIMIT_CODES or any(marker in lowered for marker in _RATE_LIMIT_MESSAGES):
-        return Outcome.TEMPORARY, "bot_rate_limited", message
+    if _rate_limited(code, msg):
+        return Outcome.TEMPORARY, RATE_LIMITED, message
     return Outcome.PERMANENT, _BOT_PERMANENT_CODES.get(code, "payload_invalid"), message
 
 
 def classify_bot_response(status: int, body: bytes) -> Verdict:
     """Custom-bot response: HTTP 429/5xx first, then the JSON ``code`` (or legacy ``StatusCode``), then status."""
     if status == 429 or status >= 500:
-        return _classify_status(status, body, rate_limit_code="bot_rate_limited")
+        return _classify_status(status, body, rate_limit_code=RATE_LIMITED)
     data = _json_object(body)
     code, msg = _bot_code(data) if data is not None else (None, "")
     if code:
@@ -388,7 +398,7 @@ def classify_bot_response(status: int, body: bytes) -> Verdict:
         if code == 0:
             return Outcome.SUCCESS, "", ""
         return Outcome.TEMPORARY, "network_error", f"unexpected bot response (no JSON code): {_snippet(body)}"
-    return _classify_status(status, body, rate_limit_code="bot_rate_limited")
+    return _classify_status(status, body, rate_limit_code=RATE_LIMITED)
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:

@@ -48,7 +48,7 @@ async def channel(db, user_id: int, url: str) -> None:
     async with db.engine.begin() as conn:
         await conn.execute(sa.insert(user_notification_channels).values(
             user_id=user_id, channel="feishu_webhook", enabled=True, webhook_url=url, auth_type="none",
-            webhook_kind="flow", created_at=clock.db_now(), updated_at=clock.db_now()))
+            bearer_token="", webhook_kind="flow", created_at=clock.db_now(), updated_at=clock.db_now()))
 
 
 def notification_payload(user_id: int = 7, key_suffix: str = "2026-04-30T10:00:00+08:00") -> dict:

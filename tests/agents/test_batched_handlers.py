@@ -85,7 +85,7 @@ async def test_trigger_batch_matches_one_by_one_and_falls_back(db, runtime) -> N
     assert rows["6"].status == "dead" and "trigger not found" in rows["6"].last_error
     assert {rows[str(u)].status for u in range(1, 6)} == {"consumed"}
     assert {t["status"] for t in triggers} == {"preview_generated"} and len(triggers) == 5
-    assert {t["preview_id"] for t in triggers} == {p["id"] for p in previews}
+    assert {t["preview_id"] for t in triggers} == {p["preview_id"] for p in previews}
     assert all(t["processed_at"] and t["completed_at"] and t["last_error"] is None for t in triggers)
     assert len(notifications) - 1 == 5  # + the foreign test row
     assert (await dispatcher(runtime).handle_batch("active-scheduler", events)) == ["duplicate"] * 6  # dead too

@@ -669,7 +669,7 @@ class Scenario:
                 await conn.execute(sa.insert(user_notification_channels).values(
                     user_id=user_id, channel="feishu_webhook", enabled=True, webhook_url=url,
                     auth_type="bearer" if spec.kind == "flow" else "none",
-                    bearer_token=f"bearer-secret-{user_id}" if spec.kind == "flow" else None,
+                    bearer_token=f"bearer-secret-{user_id}" if spec.kind == "flow" else "",
                     webhook_kind=spec.kind, sign_secret=spec.secret or None, msg_type="text",
                     created_at=now, updated_at=now))
             trigger_id = await write_upstream_trigger(conn, self.as_topic, user_id, target_id, requested_at, now)

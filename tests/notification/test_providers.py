@@ -589,15 +589,15 @@ async def test_signature_timestamp_is_taken_after_the_rate_limit_wait(
         (
             Reply(200, {"code": 11232, "msg": "frequency limited psm[lark.oapi.app_platform_runtime]appID[1500]"}),
             Outcome.TEMPORARY,
-            "bot_rate_limited",
+            "provider_rate_limited",
         ),
         (
             Reply(200, {"code": 99991400, "msg": "request trigger frequency limit"}),
             Outcome.TEMPORARY,
-            "bot_rate_limited",
+            "provider_rate_limited",
         ),
-        (Reply(200, {"code": 9499, "msg": "too many request"}), Outcome.TEMPORARY, "bot_rate_limited"),
-        (Reply(200, {"code": 9499, "msg": "Too Many Requests"}), Outcome.TEMPORARY, "bot_rate_limited"),
+        (Reply(200, {"code": 9499, "msg": "too many request"}), Outcome.TEMPORARY, "provider_rate_limited"),
+        (Reply(200, {"code": 9499, "msg": "Too Many Requests"}), Outcome.TEMPORARY, "provider_rate_limited"),
         (Reply(200, {"code": 9499, "msg": "Bad Request"}), Outcome.PERMANENT, "payload_invalid"),
         (Reply(400, {"code": 9499, "msg": "fail to parse content"}), Outcome.PERMANENT, "payload_invalid"),
         (Reply(200, {"code": 19002, "msg": "param invalid: msg_type"}), Outcome.PERMANENT, "payload_invalid"),
@@ -657,7 +657,7 @@ async def test_bot_http_429_is_rate_limited_with_retry_after(
 
     result = await make_provider().send(bot_channel(feishu), request())
 
-    assert (result.outcome, result.error_code) == (Outcome.TEMPORARY, "bot_rate_limited")
+    assert (result.outcome, result.error_code) == (Outcome.TEMPORARY, "provider_rate_limited")
     assert result.retry_after_seconds == retry_after
 
 

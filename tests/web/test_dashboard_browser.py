@@ -206,7 +206,7 @@ async def test_dashboard_live_numbers_and_requeue(db, kafka_bootstrap, tmp_path,
             for uid in USERS:
                 await conn.execute(sa.insert(user_notification_channels).values(
                     user_id=uid, channel="feishu_webhook", enabled=True, webhook_url=feishu.url(uid),
-                    auth_type="none", webhook_kind="flow", created_at=now, updated_at=now))
+                    auth_type="none", bearer_token="", webhook_kind="flow", created_at=now, updated_at=now))
         worker = spawn_worker(env, tmp_path / "worker.log")
         relay = spawn_relay(env, tmp_path / "relay.log")
         base = f"http://127.0.0.1:{port}"
