@@ -151,10 +151,11 @@ user_notification_channels = sa.Table(
     sa.Column("user_id", sa.BigInteger, nullable=False),
     sa.Column("channel", sa.String(32), nullable=False),
     sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
-    # NOT NULL without a default, as upstream: every insert names both (``""`` when there is no token).
+    # NOT NULL without a server default, as upstream; bearer_token gets ``""`` client-side when an insert leaves it
+    # out (what GORM writes for an empty string), so no insert of ours can trip the Go table's constraint.
     sa.Column("webhook_url", sa.Text, nullable=False),
     sa.Column("auth_type", sa.String(32), nullable=False, server_default="none"),
-    sa.Column("bearer_token", sa.Text, nullable=False),
+    sa.Column("bearer_token", sa.Text, nullable=False, default=""),
     sa.Column("last_test_status", sa.String(32), nullable=True),
     sa.Column("last_test_error", sa.Text, nullable=True),
     sa.Column("last_test_at", DateTime, nullable=True),
