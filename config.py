@@ -217,7 +217,7 @@ class Settings(BaseSettings):
 
     def masked(self) -> dict[str, Any]:
         """The settings as JSON-able data with secrets and DB passwords masked (for logs and views)."""
-        from smartflow_streams.masking import mask_database_url
+        from smartflow_streams.core.masking import mask_database_url
 
         data = self.model_dump(mode="json")
         data["database_url"] = mask_database_url(self.database_url)

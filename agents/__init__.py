@@ -5,7 +5,7 @@ with more), parallelism from partitions, workers and, inside one agent, from bat
 acks the batch only when that returns.
 
 Importing this package registers the handlers of the two contract events (``agents.active_scheduler``,
-``agents.notification``); other services register theirs through :mod:`smartflow_streams.handlers`.
+``agents.notification``); other services register theirs through :mod:`smartflow_streams.startup.handlers`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import faust
 
 from agents import active_scheduler, notification  # noqa: F401 - registers handlers
-from smartflow_streams import metrics
+from smartflow_streams.core import metrics
 from smartflow_streams.catalog import registry
 
 log = logging.getLogger("agents")

@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from smartflow_streams.catalog import ACTIVE_SCHEDULER
 from smartflow_streams.contracts.events import ACTIVE_SCHEDULE_TRIGGERED, ActiveScheduleTriggeredPayload
-from smartflow_streams.errors import is_retriable
-from smartflow_streams.handlers import HandlerContext, handlers
+from smartflow_streams.core.errors import is_retriable
+from smartflow_streams.startup.handlers import HandlerContext, handlers
 from smartflow_streams.scheduler.workflow import mark_trigger_failed, run_trigger_workflow_many
 
 

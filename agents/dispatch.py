@@ -44,12 +44,12 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from faust.streams import _current_event
 
-from smartflow_streams import clock, metrics
+from smartflow_streams.core import clock, metrics
 from smartflow_streams.catalog import RouteRegistry, registry as default_registry
 from smartflow_streams.contracts.envelope import KafkaEnvelope, try_outbox_id
 from smartflow_streams.db.models import outbox_dead_messages
-from smartflow_streams.errors import ContractError, RouteNotRegisteredError, is_retriable
-from smartflow_streams.handlers import HandlerContext, HandlerRegistry, HandlerSpec, handlers as default_handlers
+from smartflow_streams.core.errors import ContractError, RouteNotRegisteredError, is_retriable
+from smartflow_streams.startup.handlers import HandlerContext, HandlerRegistry, HandlerSpec, handlers as default_handlers
 from smartflow_streams.outbox.repository import ConsumeOutcome, OutboxRepository
 
 log = logging.getLogger("agents")

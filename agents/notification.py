@@ -10,7 +10,7 @@ from typing import Any
 
 from smartflow_streams.catalog import NOTIFICATION
 from smartflow_streams.contracts.events import NOTIFICATION_FEISHU_REQUESTED, FeishuNotificationRequestedPayload
-from smartflow_streams.handlers import HandlerContext, handlers
+from smartflow_streams.startup.handlers import HandlerContext, handlers
 from smartflow_streams.notification.service import HandleResult
 
 

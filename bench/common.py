@@ -17,8 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 
 import config
-from smartflow_streams import clock
-from smartflow_streams.embedded import free_port, start_tansu, stop_process
+from smartflow_streams.core import clock
+from smartflow_streams.cli.embedded import free_port, start_tansu, stop_process
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EVENT = "notification.feishu.requested"

@@ -39,13 +39,13 @@ import config  # noqa: E402
 from bench.common import (  # noqa: E402
     cpu_seconds, machine, mariadb, new_mysql_database, percentiles, pids_named, rss_mb, sqlite_url, tansu,
 )
-from smartflow_streams import clock  # noqa: E402
+from smartflow_streams.core import clock  # noqa: E402
 from smartflow_streams.db.engine import create_engine, session_factory  # noqa: E402
 from smartflow_streams.db.models import notification_records, outbox_table, user_notification_channels  # noqa: E402
 from smartflow_streams.db.schema import upgrade_schema  # noqa: E402
-from smartflow_streams.embedded import free_port  # noqa: E402
+from smartflow_streams.cli.embedded import free_port  # noqa: E402
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger  # noqa: E402
-from support import (  # noqa: E402
+from tests.kit.support import (  # noqa: E402
     spawn_relay, spawn_worker, terminate, upstream_trigger_rows, wait_worker_ready, worker_env,
 )
 from smartflow_streams.db.models import active_schedule_triggers  # noqa: E402

@@ -20,7 +20,7 @@ from config import ConfigError, Settings, get_settings
 from outbox_relay.relay import Relay
 from smartflow_streams.db.engine import create_engine
 from smartflow_streams.db.schema import upgrade_schema
-from smartflow_streams.logs import setup_logging
+from smartflow_streams.core.logs import setup_logging
 
 log = logging.getLogger("outbox_relay")
 

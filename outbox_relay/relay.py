@@ -43,10 +43,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from config import Settings
 from outbox_relay.lease import TableLease
 from outbox_relay.producer import KafkaPublisher, OutgoingMessage, ensure_topics
-from smartflow_streams import clock, metrics
+from smartflow_streams.core import clock, metrics
 from smartflow_streams.catalog import RouteRegistry, ServiceRoute, registry as default_registry
 from smartflow_streams.contracts.envelope import KafkaEnvelope, parse_shell_fields
-from smartflow_streams.errors import ContractError, RouteNotRegisteredError
+from smartflow_streams.core.errors import ContractError, RouteNotRegisteredError
 from smartflow_streams.outbox.repository import Claim, OutboxRepository, OutboxRow
 
 log = logging.getLogger("outbox_relay")

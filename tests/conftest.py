@@ -20,10 +20,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import config
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.engine import create_engine, session_factory
 from smartflow_streams.db.schema import upgrade_schema
-from smartflow_streams.embedded import free_port, start_tansu, stop_process
+from smartflow_streams.cli.embedded import free_port, start_tansu, stop_process
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session", autouse=True)
 def _no_leftover_processes() -> Iterator[None]:
     yield
-    from support import kill_leftovers
+    from tests.kit.support import kill_leftovers
 
     kill_leftovers()
 

@@ -1,7 +1,7 @@
 """Wire contracts shared with the upstream Go services: shell, Kafka envelope, event payloads, dedupe keys.
 
 Everything here is byte-compatible with Go's ``encoding/json`` output so Go and Python can run side by side;
-every validation failure raises :class:`~smartflow_streams.errors.ContractError` (poison, never retried).
+every validation failure raises :class:`~smartflow_streams.core.errors.ContractError` (poison, never retried).
 """
 
 from smartflow_streams.contracts.dedupe import (

@@ -25,7 +25,7 @@ this decoder matches exact keys only (Go writers always emit the exact tag). Inv
 U+FFFD before decoding. Python-built payloads given as ``dict`` keep insertion order (Go sorts ``map`` keys) and
 floats use Python's spelling.
 
-Every validation failure raises :class:`~smartflow_streams.errors.ContractError` (never retried).
+Every validation failure raises :class:`~smartflow_streams.core.errors.ContractError` (never retried).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Annotated, Any, ClassVar, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 
-from smartflow_streams.errors import ContractError
+from smartflow_streams.core.errors import ContractError
 
 DEFAULT_EVENT_VERSION = "v1"
 """Upstream shell/envelope default version (``outbox.DefaultEventVersion``); see trap 11.13."""

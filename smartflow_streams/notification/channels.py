@@ -15,12 +15,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config import Settings
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.models import user_notification_channels as channels
-from smartflow_streams.errors import ContractError
-from smartflow_streams.masking import mask_webhook_url
+from smartflow_streams.core.errors import ContractError
+from smartflow_streams.core.masking import mask_webhook_url
 from smartflow_streams.notification.limiter import RateLimiter
-from smartflow_streams.notification.providers import (
+from smartflow_streams.notification.feishu.provider import (
     ChannelConfig, InvalidWebhookURL, Outcome, SendRequest, WebhookProvider, validate_webhook_url,
 )
 from smartflow_streams.notification.records import CONFIG_CHANNEL

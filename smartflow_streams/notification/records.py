@@ -26,10 +26,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import NotificationSettings
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.models import json_bind, json_text, notification_records as records
 from smartflow_streams.db.models import user_notification_channels as channels
-from smartflow_streams.notification.providers import ChannelConfig, Outcome, SendRequest, SendResult
+from smartflow_streams.notification.feishu.provider import ChannelConfig, Outcome, SendRequest, SendResult
 
 RECORD_CHANNEL = "feishu"  # records use "feishu" ...
 CONFIG_CHANNEL = "feishu_webhook"  # ... channel configs use "feishu_webhook" (trap 23)

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.catalog import RouteRegistry, registry as default_registry
 from smartflow_streams.db.models import outbox_admin_audit, outbox_dead_messages, outbox_table
 

@@ -35,11 +35,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from config import Settings, get_settings
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.catalog import RouteRegistry, ServiceRoute, registry as default_registry
 from smartflow_streams.contracts.envelope import OutboxEventShell
 from smartflow_streams.db.models import TERMINAL_OUTBOX, OutboxStatus, outbox_table
-from smartflow_streams.errors import RouteError
+from smartflow_streams.core.errors import RouteError
 
 Executor = Union[AsyncSession, AsyncConnection]
 BusinessFn = Callable[[AsyncSession], Awaitable[Any]]

@@ -8,7 +8,7 @@ Invariants:
   ``settings.worker.services`` exists in the cluster metadata; cached 5 s after success, 1 s after failure).
   Check details carry exception class names and scrubbed messages only (no URLs, no passwords).
 - ``/metrics`` serves prometheus_client's default registry: Faust's sensor metrics (prefixed with the app id) and
-  ours (:mod:`smartflow_streams.metrics`). Before serving, the DB-derived gauges ``smartflow_outbox_rows``,
+  ours (:mod:`smartflow_streams.core.metrics`). Before serving, the DB-derived gauges ``smartflow_outbox_rows``,
   ``smartflow_outbox_oldest_pending_seconds`` (every catalog service that has a table) and
   ``smartflow_notification_records`` are refreshed, at most once every 2 s and under a lock, so scrapes never
   stampede the database; a failed refresh keeps the last values. Labels are service names and statuses only.
@@ -32,9 +32,9 @@ from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.web import View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from smartflow_streams import metrics
+from smartflow_streams.core import metrics
 from smartflow_streams.catalog import registry
-from smartflow_streams.masking import mask_database_url, scrub_text
+from smartflow_streams.core.masking import mask_database_url, scrub_text
 from smartflow_streams.outbox import admin as outbox_admin
 from smartflow_streams.web.queries import NOTIFICATION_STATUSES, notification_counts
 from smartflow_streams.web.responses import json_response

@@ -53,15 +53,15 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy.engine import make_url
 
 import config
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.engine import create_engine
 from smartflow_streams.db.models import (
     active_schedule_previews, active_schedule_triggers, notification_records, outbox_dead_messages, outbox_table,
     outbox_relay_leases, user_notification_channels,
 )
 from smartflow_streams.db.schema import upgrade_schema
-from smartflow_streams.embedded import free_port, start_tansu, stop_process
-from support import (
+from smartflow_streams.cli.embedded import free_port, start_tansu, stop_process
+from tests.kit.support import (
     FakeFeishu, TopicReader, kill9, spawn_relay, spawn_worker, wait_for, worker_env, write_upstream_trigger,
 )
 

@@ -14,7 +14,7 @@ Invariants and limits:
 
 * The webhook URL (its path token is the credential), the bearer token and the signing secret never appear in a
   :class:`SendResult`, an exception message or a log line: they are registered with
-  :data:`smartflow_streams.masking.SECRETS` before use, ``request_json`` is the body without ``sign``, error
+  :data:`smartflow_streams.core.masking.SECRETS` before use, ``request_json`` is the body without ``sign``, error
   texts are redacted, and the one debug line per send carries only the masked URL.
 * URLs are validated again at send time (:func:`validate_webhook_url`); a violation is ``permanent_fail``
   ``invalid_url`` and nothing is sent. Redirects are not followed (a 3xx is ``payload_invalid``), so a response
@@ -54,8 +54,8 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 
 from config import NotificationSettings
-from smartflow_streams.errors import ContractError
-from smartflow_streams.masking import SECRETS, mask_webhook_url, scrub_text
+from smartflow_streams.core.errors import ContractError
+from smartflow_streams.core.masking import SECRETS, mask_webhook_url, scrub_text
 from smartflow_streams.notification.limiter import RateLimiter
 
 logger = logging.getLogger(__name__)

@@ -20,10 +20,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from config import NotificationSettings
-from smartflow_streams.errors import ContractError
-from smartflow_streams.masking import SECRETS
+from smartflow_streams.core.errors import ContractError
+from smartflow_streams.core.masking import SECRETS
 from smartflow_streams.notification.limiter import RateLimiter
-from smartflow_streams.notification.providers import (
+from smartflow_streams.notification.feishu.provider import (
     ChannelConfig,
     InvalidWebhookURL,
     Outcome,
@@ -43,7 +43,7 @@ T0 = 1_756_800_000  # 2025-09-02T08:00:00Z
 KNOWN_SIGN = "sN+9ZKa5w6BQmKyxCaxNA1DWEgtEnZaOcfEOCqZ26fg="
 FLOW_PATH = f"/flow/api/trigger-webhook/{FLOW_TOKEN}"
 BOT_PATH = f"/open-apis/bot/v2/hook/{BOT_TOKEN}"
-PROVIDER_LOGGER = "smartflow_streams.notification.providers"
+PROVIDER_LOGGER = "smartflow_streams.notification.feishu.provider"
 
 
 # ------------------------------------------------------------------------------------------------ fake Feishu

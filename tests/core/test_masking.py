@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from smartflow_streams.masking import SecretRegistry
+from smartflow_streams.core.masking import SecretRegistry
 
 
 def test_scrub_replaces_every_registered_secret_longest_first() -> None:

@@ -153,7 +153,7 @@ class FakeFeishu:
         app.router.add_get("/posts", self._list)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        from smartflow_streams.embedded import free_port
+        from smartflow_streams.cli.embedded import free_port
 
         self.port = free_port()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -189,7 +189,7 @@ class FakeFeishu:
 
 def worker_env(db_url: str, bootstrap: str, tag: str, web_port: int, **extra: str) -> dict[str, str]:
     """Env for a real worker (and relay) on Tansu with per-test topics, group and fast timers."""
-    from smartflow_streams.embedded import tansu_env
+    from smartflow_streams.cli.embedded import tansu_env
 
     env = base_env(
         db_url, bootstrap,

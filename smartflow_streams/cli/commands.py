@@ -163,14 +163,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     settings = _settings()
-    from smartflow_streams.logs import setup_logging
+    from smartflow_streams.core.logs import setup_logging
 
     setup_logging(settings.log_level if args.cmd != "up" else "warning")
     if args.cmd == "config":
         _print(settings.masked())
         sys.exit(0)
     if args.cmd == "up":
-        from smartflow_streams.launcher import up
+        from smartflow_streams.cli.launcher import up
 
         sys.exit(asyncio.run(up(args.demo, args.exit_after)))
     handlers = {"schema": _schema, "status": _status, "dead": _dead, "purge": _purge,

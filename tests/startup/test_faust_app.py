@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import config
-from smartflow_streams.faust_app import build_app, worker_group_id
+from smartflow_streams.startup.faust_app import build_app, worker_group_id
 
 
 async def test_worker_consumer_uses_the_configured_fetch_wait() -> None:

@@ -8,7 +8,7 @@ Invariants and limits:
   drops the rest); Python keeps only the first **6** (microseconds), so digits 7-9 are **truncated** (never
   rounded). A time written by Go with nanoseconds therefore re-renders with at most 6 fractional digits.
 * Year 0000 is valid in Go but cannot be represented by :class:`datetime` (years 1-9999): it raises
-  :class:`~smartflow_streams.errors.ContractError`.
+  :class:`~smartflow_streams.core.errors.ContractError`.
 * Go's zero time ``0001-01-01T00:00:00Z`` (any spelling of that instant) means "unset" and parses to ``None``
   unless ``keep_zero=True`` (used for ``*time.Time`` fields, where Go keeps a non-nil pointer to the zero time).
 * Like Go with ``TZ=Asia/Shanghai`` (``time.Local``), a parsed offset that equals the configured zone's offset at
@@ -28,7 +28,7 @@ import re
 from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
-from smartflow_streams.errors import ContractError
+from smartflow_streams.core.errors import ContractError
 
 GO_ZERO_TIME_TEXT = "0001-01-01T00:00:00Z"
 GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)

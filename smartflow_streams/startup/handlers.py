@@ -1,6 +1,6 @@
 """Public API for services to register handlers for their own event types.
 
-    from smartflow_streams.handlers import handlers
+    from smartflow_streams.startup.handlers import handlers
 
     @handlers.transactional("memory.extract.requested", service="memory", model=MyPayload)
     async def extract(ctx: HandlerContext, session: AsyncSession, payload: MyPayload) -> None:
@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from smartflow_streams.catalog import RouteRegistry, registry as default_registry
 from smartflow_streams.contracts.envelope import ACCEPTED_CONTRACT_VERSIONS, KafkaEnvelope
-from smartflow_streams.errors import RouteConflictError
+from smartflow_streams.core.errors import RouteConflictError
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from smartflow_streams.masking import install_log_masking
+from smartflow_streams.core.masking import install_log_masking
 
 
 def setup_logging(level: str = "info") -> None:

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 import config
-from smartflow_streams.errors import ContractError
-from smartflow_streams.timefmt import (
+from smartflow_streams.core.errors import ContractError
+from smartflow_streams.contracts.gotime import (
     GO_ZERO_TIME,
     GO_ZERO_TIME_TEXT,
     db_naive,

@@ -32,11 +32,11 @@ import sqlalchemy as sa
 from aiohttp import web
 
 import config
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.engine import create_engine, session_factory
 from smartflow_streams.db.models import user_notification_channels
 from smartflow_streams.db.schema import upgrade_schema
-from smartflow_streams.embedded import free_port, start_tansu, stop_process, tansu_env, wait_port
+from smartflow_streams.cli.embedded import free_port, start_tansu, stop_process, tansu_env, wait_port
 
 log = logging.getLogger("smartflow.up")
 
@@ -130,7 +130,7 @@ class Stack:
                                "--web-host", self.settings.worker.web_host], logs / "worker.log")
 
     def _db_label(self) -> str:
-        from smartflow_streams.masking import mask_database_url
+        from smartflow_streams.core.masking import mask_database_url
 
         return mask_database_url(self.settings.database_url)
 

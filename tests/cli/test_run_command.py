@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from smartflow_streams.embedded import free_port
-from support import ROOT
+from smartflow_streams.cli.embedded import free_port
+from tests.kit.support import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ and a Faust worker in one group: their assignors differ and the group would refu
 Faust defaults chosen here: ``at_least_once``, ``store=memory://`` (tables rebuild from their changelogs),
 ``consumer_auto_offset_reset=earliest`` (upstream reader starts at FirstOffset), web server bound to 127.0.0.1.
 Anything else comes through ``SMARTFLOW_FAUST__<SETTING>`` (e.g. Tansu needs the values in
-:data:`smartflow_streams.embedded.TANSU_FAUST_SETTINGS`). The consumer's fetch wait, hard-coded to 1500 ms by
+:data:`smartflow_streams.cli.embedded.TANSU_FAUST_SETTINGS`). The consumer's fetch wait, hard-coded to 1500 ms by
 Faust, comes from ``worker.fetch_max_wait_ms`` (:func:`_install_fetch_wait`).
 """
 
@@ -22,8 +22,8 @@ import faust
 
 from config import Settings, get_settings
 from smartflow_streams.catalog import ACTIVE_SCHEDULER, NOTIFICATION, registry
-from smartflow_streams.masking import install_log_masking
-from smartflow_streams.runtime import WorkerRuntime
+from smartflow_streams.core.masking import install_log_masking
+from smartflow_streams.startup.runtime import WorkerRuntime
 
 log = logging.getLogger("smartflow_streams")
 
@@ -87,7 +87,7 @@ def _install_fetch_wait() -> None:
 
     faust-streaming 0.15.3 passes ``fetch_max_wait_ms=1500`` to ``AIOKafkaConsumer`` with no setting to change it;
     aiokafka 0.14 keeps the value in ``_fetch_max_wait_ms`` until ``start()`` builds its fetcher, so it is replaced
-    right after construction. Idempotent; both versions are pinned and ``tests/test_faust_app.py`` checks the value.
+    right after construction. Idempotent; both versions are pinned and ``tests/startup/test_faust_app.py`` checks the value.
     """
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 

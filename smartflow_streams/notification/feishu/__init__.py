@@ -1,0 +1,1 @@
+"""Everything Feishu-specific in one room: webhook delivery and answer classification (:mod:`.provider`)."""
