@@ -28,6 +28,7 @@ import re
 from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
+from smartflow_streams.core import clock
 from smartflow_streams.core.errors import ContractError
 
 GO_ZERO_TIME_TEXT = "0001-01-01T00:00:00Z"
@@ -48,10 +49,8 @@ _RFC3339 = re.compile(
 
 
 def configured_zone() -> ZoneInfo:
-    """The process time zone from settings (``SMARTFLOW_TIME_ZONE``, default ``Asia/Shanghai``)."""
-    from config import get_settings
-
-    return get_settings().zone
+    """The process time zone from settings (``SMARTFLOW_TIME_ZONE``, default ``Asia/Shanghai``): :func:`clock.zone`."""
+    return clock.zone()
 
 
 def _zone_or_default(zone: tzinfo | None) -> tzinfo:
@@ -206,8 +205,10 @@ def window_start(dt: datetime, window_seconds: int = DEFAULT_WINDOW_SECONDS, *, 
 
 
 def now_in_zone(zone: tzinfo | None = None) -> datetime:
-    """The current time as an aware datetime in ``zone`` (default: configured zone); Go's ``time.Now()``."""
-    return datetime.now(_zone_or_default(zone))
+    """The current time as an aware datetime in ``zone`` (default: configured zone); Go's ``time.Now()``.
+
+    Reads :func:`smartflow_streams.core.clock.now`, so the test clock offset applies here too."""
+    return clock.now(_zone_or_default(zone))
 
 
 def to_zone(dt: datetime, zone: tzinfo | None = None) -> datetime:

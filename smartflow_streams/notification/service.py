@@ -39,7 +39,7 @@ from config import Settings
 from smartflow_streams.core import metrics
 from smartflow_streams.core.errors import LeaseHeldError
 from smartflow_streams.notification import records
-from smartflow_streams.notification.feishu.provider import ChannelConfig, SendRequest, SendResult, WebhookProvider
+from smartflow_streams.notification.feishu import ChannelConfig, SendRequest, SendResult, WebhookProvider
 from smartflow_streams.outbox.repository import ConsumeOutcome, OutboxRepository
 
 log = logging.getLogger(__name__)

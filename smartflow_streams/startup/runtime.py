@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from config import Settings
 from smartflow_streams.db.engine import create_engine, session_factory
 from smartflow_streams.notification.limiter import RateLimiter
-from smartflow_streams.notification.feishu.provider import WebhookProvider
+from smartflow_streams.notification.feishu import WebhookProvider
 from smartflow_streams.notification.service import DedupeCache, NotificationService
 
 

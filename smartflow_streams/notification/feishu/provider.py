@@ -34,381 +34,36 @@ Invariants and limits:
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
-import json
 import logging
-import math
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone, tzinfo
-from email.utils import parsedate_to_datetime
-from enum import Enum
+from datetime import timezone, tzinfo
 from types import TracebackType
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from config import NotificationSettings
-from smartflow_streams.core.errors import ContractError
+from smartflow_streams.core import clock as core_clock
 from smartflow_streams.core.masking import SECRETS, mask_webhook_url, scrub_text
+from smartflow_streams.notification.feishu.answers import (
+    Verdict, classify_bot_response, classify_flow_response, parse_retry_after,
+)
+from smartflow_streams.notification.feishu.body import (
+    PayloadError, build_bot_body, build_flow_body, encode_body, format_sent_at, sign_bot_request,
+)
+from smartflow_streams.notification.feishu.channel import ChannelConfig
+from smartflow_streams.notification.feishu.messages import Outcome, SendRequest, SendResult
+from smartflow_streams.notification.feishu.urls import KIND_FLOW, InvalidWebhookURL, validate_webhook_url
 from smartflow_streams.notification.limiter import RateLimiter
 
 logger = logging.getLogger(__name__)
 
-KIND_FLOW = "flow"
-KIND_BOT = "bot"
-BOT_MSG_TYPES = ("text", "post", "interactive")
-
-EVENT_NAME = "smartflow.schedule_adjustment_ready"
-EVENT_VERSION = "1"
-MESSAGE_TITLE = "SmartFlow 日程调整建议"
-ACTION_TEXT = "查看并确认调整"
-DEFAULT_MESSAGE_TEXT = "我为你生成了一份日程调整建议，请回到系统确认是否应用。"
-DEFAULT_FRONTEND_BASE_URL = "https://smartflow.example.com"
 CONTENT_TYPE = "application/json; charset=utf-8"
 RESPONSE_READ_LIMIT = 64 * 1024
 ERROR_MESSAGE_MAX_CHARS = 500
-
-FLOW_HOSTS = frozenset({"feishu.cn", "www.feishu.cn"})
-BOT_HOSTS = frozenset({"open.feishu.cn", "open.larksuite.com"})
-FLOW_PATH_PREFIX = "/flow/api/trigger-webhook/"
-_BOT_PATH_RE = re.compile(r"/open-apis/bot/v2/hook/[A-Za-z0-9._~-]+")
-_KIND_HOSTS = {KIND_FLOW: FLOW_HOSTS, KIND_BOT: BOT_HOSTS}
-
-# Feishu custom-bot business codes (field notes C.4) that are not rate limits.
-_BOT_PERMANENT_CODES = {
-    9499: "payload_invalid",
-    19001: "bot_token_invalid",
-    19002: "payload_invalid",
-    19021: "bot_sign_failed",
-    19022: "bot_ip_denied",
-    19024: "bot_keyword_missing",
-}
-_BOT_RATE_LIMIT_CODES = frozenset({11232, 99991400})
-_RATE_LIMIT_MESSAGES = ("too many request", "frequency limit")
-
-
-class Outcome(str, Enum):
-    SUCCESS = "success"
-    TEMPORARY = "temporary_fail"
-    PERMANENT = "permanent_fail"
-    SKIPPED = "skipped"
-
-    @property
-    def retriable(self) -> bool:
-        return self is Outcome.TEMPORARY
-
-
-class InvalidWebhookURL(ContractError):
-    """The webhook URL breaks the rules of its kind or the host allow-list. The message never contains the URL."""
-
-    code = "invalid_url"
-
-
-class PayloadError(ContractError):
-    """The channel asks for a body this provider cannot build (e.g. an unknown bot ``msg_type``)."""
-
-    code = "payload_invalid"
-
-
-@dataclass(frozen=True)
-class ChannelConfig:
-    """A user's webhook channel. Credentials are excluded from ``repr``."""
-
-    webhook_url: str = field(repr=False)
-    enabled: bool = True
-    auth_type: str = "none"
-    bearer_token: str = field(default="", repr=False)
-    kind: str = KIND_FLOW
-    sign_secret: str = field(default="", repr=False)
-    msg_type: str = "text"
-
-    @property
-    def webhook_url_mask(self) -> str:
-        return mask_webhook_url(self.webhook_url)
-
-
-@dataclass(frozen=True)
-class SendRequest:
-    notification_id: int
-    user_id: int
-    trigger_id: str
-    preview_id: str
-    trigger_type: str
-    target_type: str
-    target_id: int
-    target_url: str
-    message_text: str
-    fallback_used: bool
-    trace_id: str
-    attempt_count: int
-
-
-@dataclass
-class SendResult:
-    outcome: Outcome
-    error_code: str = ""
-    error_message: str = ""
-    provider_message_id: str = ""
-    request_json: dict[str, Any] = field(default_factory=dict)
-    response_json: dict[str, Any] = field(default_factory=dict)
-    latency_seconds: float = 0.0
-    retry_after_seconds: float | None = None
-    rate_limit_wait_seconds: float = 0.0
-
-
-# --------------------------------------------------------------------------------------------- URL validation
-
-
-def validate_webhook_url(url: str, kind: str, settings: NotificationSettings) -> None:
-    """Raise :class:`InvalidWebhookURL` unless ``url`` is acceptable for ``kind``.
-
-    Strict (default): ``https``, port 443, host in the kind's hosts **and** in ``settings.allowed_hosts``, and
-    the kind's path (flow: prefix ``/flow/api/trigger-webhook/``; bot: ``/open-apis/bot/v2/hook/<token>``).
-    With ``settings.allow_plain_http``: ``http`` or ``https``, any port, any path, host in
-    ``settings.allowed_hosts`` (e.g. ``127.0.0.1`` for tests). Always rejected: user info, whitespace or control
-    characters, backslashes, ``.``/``..`` path segments.
-    """
-    if kind not in _KIND_HOSTS:
-        raise InvalidWebhookURL(f"unknown webhook kind {kind!r}; expected 'flow' or 'bot'")
-    text = (url or "").strip()
-    if not text:
-        raise InvalidWebhookURL("webhook URL is empty")
-    if "\\" in text or any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
-        raise InvalidWebhookURL("webhook URL contains whitespace, control characters or backslashes")
-    try:
-        parts = urlsplit(text)
-        host = (parts.hostname or "").lower()
-        port = parts.port
-    except ValueError:
-        raise InvalidWebhookURL("webhook URL cannot be parsed") from None
-    if "@" in parts.netloc:
-        raise InvalidWebhookURL("webhook URL must not contain user info")
-    if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
-        raise InvalidWebhookURL("webhook URL path must not contain '.' or '..' segments")
-    allowed = {h.strip().lower() for h in settings.allowed_hosts if h.strip()}
-    if settings.allow_plain_http:
-        _check_permissive(parts.scheme, host, allowed)
-        return
-    _check_strict(parts.scheme, host, port, parts.path, kind, allowed)
-
-
-def _check_permissive(scheme: str, host: str, allowed: set[str]) -> None:
-    if scheme not in ("http", "https"):
-        raise InvalidWebhookURL("webhook URL scheme must be http or https")
-    if host not in allowed:
-        raise InvalidWebhookURL(f"webhook host {host!r} is not in notification.allowed_hosts")
-
-
-def _check_strict(scheme: str, host: str, port: int | None, path: str, kind: str, allowed: set[str]) -> None:
-    if scheme != "https":
-        raise InvalidWebhookURL("webhook URL scheme must be https")
-    permitted = _KIND_HOSTS[kind] & allowed
-    if host not in permitted:
-        raise InvalidWebhookURL(f"webhook host {host!r} is not allowed for {kind} webhooks: {sorted(permitted)}")
-    if port not in (None, 443):
-        raise InvalidWebhookURL("webhook URL port must be 443")
-    if kind == KIND_FLOW and not path.startswith(FLOW_PATH_PREFIX):
-        raise InvalidWebhookURL(f"flow webhook path must start with {FLOW_PATH_PREFIX}")
-    if kind == KIND_BOT and not _BOT_PATH_RE.fullmatch(path):
-        raise InvalidWebhookURL("bot webhook path must be /open-apis/bot/v2/hook/<token>")
-
-
-# ---------------------------------------------------------------------------------------------- body building
-
-
-def build_action_url(target_url: str, frontend_base_url: str) -> str:
-    """Absolute http(s) target URLs are kept; others become ``<base without trailing />/<target without leading />``."""
-    target = (target_url or "").strip()
-    if target.lower().startswith(("http://", "https://")):
-        return target
-    base = (frontend_base_url or "").strip().rstrip("/") or DEFAULT_FRONTEND_BASE_URL
-    return f"{base}/{target.lstrip('/')}"
-
-
-def format_sent_at(unix_seconds: float, zone: tzinfo = timezone.utc) -> str:
-    """RFC 3339 with whole seconds, ``Z`` for a zero offset (as Go's ``time.RFC3339``)."""
-    text = datetime.fromtimestamp(int(unix_seconds), zone).isoformat(timespec="seconds")
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
-
-
-def _message_text(req: SendRequest) -> str:
-    return (req.message_text or "").strip() or DEFAULT_MESSAGE_TEXT
-
-
-def build_flow_body(req: SendRequest, *, frontend_base_url: str, sent_at: str) -> dict[str, Any]:
-    """The upstream Feishu Flow event (spec 9.6); ``trace_id`` omitted when empty."""
-    body: dict[str, Any] = {
-        "event": EVENT_NAME,
-        "version": EVENT_VERSION,
-        "notification_id": req.notification_id,
-        "user_id": req.user_id,
-        "preview_id": req.preview_id,
-        "trigger_id": req.trigger_id,
-        "trigger_type": req.trigger_type,
-        "target_type": req.target_type,
-        "target_id": req.target_id,
-        "message": {
-            "title": MESSAGE_TITLE,
-            "summary": _message_text(req),
-            "action_text": ACTION_TEXT,
-            "action_url": build_action_url(req.target_url, frontend_base_url),
-        },
-    }
-    if req.trace_id:
-        body["trace_id"] = req.trace_id
-    body["sent_at"] = sent_at
-    return body
-
-
-def build_bot_body(req: SendRequest, msg_type: str, *, frontend_base_url: str) -> dict[str, Any]:
-    """A custom-bot message of ``msg_type`` text | post | interactive (unsigned)."""
-    text = _message_text(req)
-    action_url = build_action_url(req.target_url, frontend_base_url)
-    if msg_type == "text":
-        return {"msg_type": "text", "content": {"text": text}}
-    if msg_type == "post":
-        lines = [[{"tag": "text", "text": text}], [{"tag": "a", "text": ACTION_TEXT, "href": action_url}]]
-        return {"msg_type": "post", "content": {"post": {"zh_cn": {"title": MESSAGE_TITLE, "content": lines}}}}
-    if msg_type == "interactive":
-        return {"msg_type": "interactive", "card": _bot_card(text, action_url)}
-    raise PayloadError(f"unsupported bot msg_type {msg_type!r}; expected one of {', '.join(BOT_MSG_TYPES)}")
-
-
-def _bot_card(text: str, action_url: str) -> dict[str, Any]:
-    button = {
-        "tag": "button",
-        "text": {"tag": "plain_text", "content": ACTION_TEXT},
-        "type": "primary",
-        "url": action_url,
-    }
-    return {
-        "config": {"wide_screen_mode": True},
-        "header": {"template": "blue", "title": {"tag": "plain_text", "content": MESSAGE_TITLE}},
-        "elements": [{"tag": "markdown", "content": text}, {"tag": "action", "actions": [button]}],
-    }
-
-
-def sign_bot_request(secret: str, timestamp: int) -> str:
-    """Feishu custom-bot signature: ``base64(HMAC_SHA256(key=f"{timestamp}\\n{secret}", msg=b""))``."""
-    key = f"{timestamp}\n{secret}".encode("utf-8")
-    return base64.b64encode(hmac.new(key, b"", hashlib.sha256).digest()).decode("ascii")
-
-
-def encode_body(body: Mapping[str, Any]) -> bytes:
-    """Compact JSON, non-ASCII kept as UTF-8 (this byte count is what ``max_body_bytes`` limits)."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-# ------------------------------------------------------------------------------------------- classification
-
-Verdict = tuple[Outcome, str, str]
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _int_code(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
-def _snippet(body: bytes, limit: int = 200) -> str:
-    return body[: limit * 4].decode("utf-8", errors="replace")[:limit]
-
-
-def classify_flow_response(status: int, body: bytes) -> Verdict:
-    """Upstream table (spec 9.6) for a Feishu Flow webhook response that was fully read."""
-    if 200 <= status < 300:
-        data = _json_object(body) or {}
-        code = _int_code(data.get("code"))
-        if code:
-            msg = data.get("msg")
-            return Outcome.PERMANENT, "payload_invalid", msg if isinstance(msg, str) and msg else f"code={code}"
-        return Outcome.SUCCESS, "", ""
-    return _classify_status(status, body, rate_limit_code="provider_rate_limited")
-
-
-def _classify_status(status: int, body: bytes, *, rate_limit_code: str) -> Verdict:
-    snippet = _snippet(body)
-    message = f"feishu webhook HTTP {status}: {snippet}" if snippet else f"feishu webhook HTTP {status}"
-    if status == 429:
-        return Outcome.TEMPORARY, rate_limit_code, message
-    if status >= 500:
-        return Outcome.TEMPORARY, "provider_5xx", message
-    if status in (401, 403):
-        return Outcome.PERMANENT, "provider_auth_failed", message
-    return Outcome.PERMANENT, "payload_invalid", message
-
-
-def _bot_code(data: Mapping[str, Any]) -> tuple[int | None, str]:
-    code = _int_code(data.get("code"))
-    if code is None:
-        code = _int_code(data.get("StatusCode"))
-    msg = data.get("msg")
-    if not isinstance(msg, str) or not msg:
-        msg = data.get("StatusMessage")
-    return code, msg if isinstance(msg, str) else ""
-
-
-def classify_bot_code(code: int, msg: str) -> Verdict:
-    """A non-zero custom-bot business code (field notes C.4)."""
-    message = f"code={code} msg={msg}"
-    lowered = msg.lower()
-    if code in _BOT_RATE_LIMIT_CODES or any(marker in lowered for marker in _RATE_LIMIT_MESSAGES):
-        return Outcome.TEMPORARY, "bot_rate_limited", message
-    return Outcome.PERMANENT, _BOT_PERMANENT_CODES.get(code, "payload_invalid"), message
-
-
-def classify_bot_response(status: int, body: bytes) -> Verdict:
-    """Custom-bot response: HTTP 429/5xx first, then the JSON ``code`` (or legacy ``StatusCode``), then status."""
-    if status == 429 or status >= 500:
-        return _classify_status(status, body, rate_limit_code="bot_rate_limited")
-    data = _json_object(body)
-    code, msg = _bot_code(data) if data is not None else (None, "")
-    if code:
-        return classify_bot_code(code, msg)
-    if 200 <= status < 300:
-        if code == 0:
-            return Outcome.SUCCESS, "", ""
-        return Outcome.TEMPORARY, "network_error", f"unexpected bot response (no JSON code): {_snippet(body)}"
-    return _classify_status(status, body, rate_limit_code="bot_rate_limited")
-
-
-def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
-    """Seconds to wait from ``x-ogw-ratelimit-reset`` (seconds) or ``Retry-After`` (seconds or HTTP date)."""
-    for name in ("x-ogw-ratelimit-reset", "Retry-After"):
-        value = (headers.get(name) or "").strip()
-        if not value:
-            continue
-        try:
-            seconds = float(value)
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(seconds):
-                return max(0.0, seconds)
-            continue
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-        except (TypeError, ValueError, IndexError):
-            continue
-    return None
 
 
 # ------------------------------------------------------------------------------------------------- redaction
@@ -481,7 +136,7 @@ class WebhookProvider:
         self,
         settings: NotificationSettings,
         session: aiohttp.ClientSession | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = core_clock.unix,
         *,
         limiter: RateLimiter | None = None,
         zone: tzinfo = timezone.utc,
@@ -621,8 +276,8 @@ class WebhookProvider:
         return result
 
     def _unix_nanos(self) -> int:
-        if self._clock is time.time:
-            return time.time_ns()
+        if self._clock is core_clock.unix:
+            return core_clock.unix_nanos()
         return int(self._clock() * 1_000_000_000)
 
     def _logged(self, channel: ChannelConfig | None, req: SendRequest, url: str, result: SendResult) -> SendResult:

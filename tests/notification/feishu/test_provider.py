@@ -23,7 +23,7 @@ from config import NotificationSettings
 from smartflow_streams.core.errors import ContractError
 from smartflow_streams.core.masking import SECRETS
 from smartflow_streams.notification.limiter import RateLimiter
-from smartflow_streams.notification.feishu.provider import (
+from smartflow_streams.notification.feishu import (
     ChannelConfig,
     InvalidWebhookURL,
     Outcome,
