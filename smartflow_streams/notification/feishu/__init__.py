@@ -3,15 +3,12 @@
 
 * :mod:`.urls` — which webhook URLs each kind (``flow``, ``bot``) may use, checked on save and at send.
 * :mod:`.body` — the Flow event and custom-bot bodies, the fallback text, ``sent_at``, HMAC signing, encoding.
-* :mod:`.answers` — HTTP status + body -> ``(Outcome, code, message)``, ``Retry-After`` parsing.
 * :mod:`.channel` — :class:`ChannelConfig` and the one ``user_notification_channels`` row -> config mapping.
 * :mod:`.messages` — :class:`SendRequest`, :class:`SendResult`, :class:`Outcome`.
-* :mod:`.provider` — :class:`WebhookProvider`: one POST per attempt, rate limited, redacted, classified.
+* :mod:`.provider` — :class:`WebhookProvider`: one POST per attempt, rate limited, redacted, and the answer
+  classification (HTTP status + body -> ``(Outcome, code, message)``, ``Retry-After`` parsing).
 """
 
-from smartflow_streams.notification.feishu.answers import (
-    Verdict, classify_bot_code, classify_bot_response, classify_flow_response, parse_retry_after,
-)
 from smartflow_streams.notification.feishu.body import (
     ACTION_TEXT, BOT_MSG_TYPES, DEFAULT_FRONTEND_BASE_URL, DEFAULT_MESSAGE_TEXT, EVENT_NAME, EVENT_VERSION,
     MESSAGE_TITLE, PayloadError, build_action_url, build_bot_body, build_flow_body, encode_body, format_sent_at,
@@ -22,7 +19,8 @@ from smartflow_streams.notification.feishu.channel import (
 )
 from smartflow_streams.notification.feishu.messages import Outcome, SendRequest, SendResult
 from smartflow_streams.notification.feishu.provider import (
-    CONTENT_TYPE, ERROR_MESSAGE_MAX_CHARS, RESPONSE_READ_LIMIT, WebhookProvider,
+    CONTENT_TYPE, ERROR_MESSAGE_MAX_CHARS, RESPONSE_READ_LIMIT, Verdict, WebhookProvider, classify_bot_code,
+    classify_bot_response, classify_flow_response, parse_retry_after,
 )
 from smartflow_streams.notification.feishu.urls import (
     BOT_HOSTS, FLOW_HOSTS, FLOW_PATH_PREFIX, KIND_BOT, KIND_FLOW, InvalidWebhookURL, validate_webhook_url,
