@@ -37,7 +37,6 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config import Settings
@@ -47,6 +46,7 @@ from smartflow_streams.core import clock, metrics
 from smartflow_streams.catalog import RouteRegistry, ServiceRoute, registry as default_registry
 from smartflow_streams.contracts.envelope import KafkaEnvelope, parse_shell_fields
 from smartflow_streams.core.errors import ContractError, RouteNotRegisteredError
+from smartflow_streams.outbox.backlog import STATUSES, read_backlog
 from smartflow_streams.outbox.repository import Claim, OutboxRepository, OutboxRow
 
 log = logging.getLogger("outbox_relay")
@@ -266,14 +266,11 @@ class TableRelay:
     async def refresh_backlog(self) -> None:
         t = self.repo.table
         async with self.engine.connect() as conn:
-            counts = dict((await conn.execute(sa.select(t.c.status, sa.func.count()).group_by(t.c.status))).all())
-            oldest = (await conn.execute(
-                sa.select(sa.func.min(t.c.created_at)).where(t.c.status == "pending"))).scalar()
-        self.stats.counts = {str(k): int(v) for k, v in counts.items()}
-        for status in ("pending", "published", "consumed", "dead"):
+            backlog = await read_backlog(conn, t)
+        self.stats.counts = backlog.counts
+        for status in STATUSES:
             metrics.outbox_backlog.labels(self._label, status).set(self.stats.counts.get(status, 0))
-        age = (clock.db_now() - oldest).total_seconds() if oldest is not None else 0.0
-        metrics.outbox_oldest_pending.labels(self._label).set(max(0.0, age))
+        metrics.outbox_oldest_pending.labels(self._label).set(backlog.oldest_pending_seconds(clock.db_now()))
 
 
 def _group(reasons: dict[int, str]) -> dict[str, list[int]]:
