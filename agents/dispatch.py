@@ -39,7 +39,7 @@ import logging
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy as sa
 from faust.streams import _current_event
@@ -51,21 +51,11 @@ from smartflow_streams.db.models import outbox_dead_messages
 from smartflow_streams.core.errors import ContractError, RouteNotRegisteredError, is_retriable
 from smartflow_streams.startup.handlers import HandlerContext, HandlerRegistry, HandlerSpec, handlers as default_handlers
 from smartflow_streams.outbox.repository import ConsumeOutcome, OutboxRepository
+from smartflow_streams.startup.runtime import ConsumptionState, WorkerRuntime
 
 log = logging.getLogger("agents")
 
 RECORD_ATTEMPTS = 8  # 0.25 s doubling, capped at 8 s: about 30 s in all
-
-
-class ConsumptionState(Protocol):
-    """Accelerator (a Faust table in the worker): what this worker already saw consumed/dead. May forget."""
-
-    def terminal(self, service: str, outbox_id: int) -> str | None: ...
-
-    def record(self, service: str, outbox_id: int, status: str, counted: bool = True) -> None: ...
-
-    def flush(self, service: str, partition: int) -> None:
-        """Write what :meth:`record` buffered for (service, partition); called once per batch and partition."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +86,7 @@ class Position:
 
 class Dispatcher:
     def __init__(
-        self, runtime: Any, *, handlers: HandlerRegistry | None = None, registry: RouteRegistry | None = None,
+        self, runtime: WorkerRuntime, *, handlers: HandlerRegistry | None = None, registry: RouteRegistry | None = None,
         consumption: ConsumptionState | None = None,
     ) -> None:
         self.runtime = runtime
@@ -129,7 +119,7 @@ class Dispatcher:
             for index, event in enumerate(events):
                 _current_event.set(weakref.ref(event))  # the accelerators read the event's partition
                 verdict = verdicts[index] = self._classify(service, event.value or b"")
-                if (isinstance(verdict, Ready) and getattr(verdict.spec.fn, "batch", None) is not None
+                if (isinstance(verdict, Ready) and verdict.spec.batch is not None
                         and verdict.env.outbox_id not in seen):
                     seen.add(verdict.env.outbox_id)
                     batches.setdefault(verdict.spec.event_type, []).append(index)
@@ -192,7 +182,8 @@ class Dispatcher:
             _current_event.set(weakref.ref(events[indexes[i]]))
 
         ctx = HandlerContext(service, None, repo, self.runtime.sessions, self.runtime, activate)
-        batch_fn = spec.fn.batch  # type: ignore[attr-defined]
+        batch_fn = spec.batch
+        assert batch_fn is not None  # only specs with a batch function are batched
         try:
             if spec.transactional:
                 by_id = {r.env.outbox_id: r.payload for r in ready}
@@ -313,8 +304,8 @@ class Dispatcher:
             self._remember(service, outbox_id, "consumed", counted=outcome == "consumed")
         return outcome
 
-    async def _on_error(self, spec: Any, ctx: HandlerContext, payload: Any, exc: Exception) -> None:
-        hook: Callable[[HandlerContext, Any, Exception], Awaitable[None]] | None = getattr(spec.fn, "on_error", None)
+    async def _on_error(self, spec: HandlerSpec, ctx: HandlerContext, payload: Any, exc: Exception) -> None:
+        hook = spec.on_error
         if hook is None:
             return
         try:

@@ -14,15 +14,13 @@ from smartflow_streams.startup.handlers import HandlerContext, handlers
 from smartflow_streams.notification.service import HandleResult
 
 
-@handlers.custom(NOTIFICATION_FEISHU_REQUESTED, service=NOTIFICATION, model=FeishuNotificationRequestedPayload)
-async def on_requested(ctx: HandlerContext, payload: FeishuNotificationRequestedPayload) -> HandleResult:
-    assert ctx.envelope is not None
-    return await ctx.runtime.notifications.handle_requested(ctx.repo, ctx.envelope.outbox_id, payload)
-
-
 async def _on_requested_many(ctx: HandlerContext,
                              items: list[tuple[int, FeishuNotificationRequestedPayload]]) -> list[Any]:
     return await ctx.runtime.notifications.handle_requested_many(ctx.repo, items, ctx.activate)
 
 
-on_requested.batch = _on_requested_many  # type: ignore[attr-defined]
+@handlers.custom(NOTIFICATION_FEISHU_REQUESTED, service=NOTIFICATION, model=FeishuNotificationRequestedPayload,
+                 batch=_on_requested_many)
+async def on_requested(ctx: HandlerContext, payload: FeishuNotificationRequestedPayload) -> HandleResult:
+    assert ctx.envelope is not None
+    return await ctx.runtime.notifications.handle_requested(ctx.repo, ctx.envelope.outbox_id, payload)

@@ -35,7 +35,15 @@ def worker_group_id(settings: Settings) -> str:
     return settings.worker.group_id or settings.app_id
 
 
-def build_app(settings: Settings | None = None, **overrides: Any) -> faust.App:
+class SmartflowApp(faust.App):
+    """``faust.App`` with the attributes this project hangs on it, declared (no behaviour added)."""
+
+    smartflow_fetch_max_wait_ms: int | None
+    smartflow_runtime: WorkerRuntime
+    smartflow_agents: dict[str, Any]
+
+
+def build_app(settings: Settings | None = None, **overrides: Any) -> SmartflowApp:
     from agents import define_agents
     from smartflow_streams.web import define_views
     from tables.consumption import ConsumptionTable
@@ -61,15 +69,15 @@ def build_app(settings: Settings | None = None, **overrides: Any) -> faust.App:
     options.update(settings.faust)
     options.update(overrides)
     app_id = options.pop("id", None) or worker_group_id(settings)
-    app = faust.App(app_id, **options)
-    app.smartflow_fetch_max_wait_ms = worker.fetch_max_wait_ms  # type: ignore[attr-defined]
+    app = SmartflowApp(app_id, **options)
+    app.smartflow_fetch_max_wait_ms = worker.fetch_max_wait_ms
     _install_fetch_wait()
 
     consumption = ConsumptionTable(app, worker.topic_partitions, worker.consumption_state_seconds)
     dedupe = DedupeWindows(app, settings.notification.dedupe_window_seconds, worker.topic_partitions)
     runtime = WorkerRuntime(settings, dedupe=dedupe, consumption=consumption)
-    app.smartflow_runtime = runtime  # type: ignore[attr-defined]
-    app.smartflow_agents = define_agents(app, runtime, worker.services)  # type: ignore[attr-defined]
+    app.smartflow_runtime = runtime
+    app.smartflow_agents = define_agents(app, runtime, worker.services)
     _define_timers(app, runtime, settings)
     define_views(app, runtime)
 

@@ -36,6 +36,7 @@ from smartflow_streams.core import metrics
 from smartflow_streams.catalog import registry
 from smartflow_streams.core.masking import mask_database_url, scrub_text
 from smartflow_streams.outbox import admin as outbox_admin
+from smartflow_streams.startup.runtime import WorkerRuntime
 from smartflow_streams.web.queries import NOTIFICATION_STATUSES, notification_counts
 from smartflow_streams.web.responses import json_response
 
@@ -65,7 +66,7 @@ def brief_error(exc: BaseException) -> str:
 
 
 class Readiness:
-    def __init__(self, app: faust.App, runtime: Any) -> None:
+    def __init__(self, app: faust.App, runtime: WorkerRuntime) -> None:
         self.app = app
         self.runtime = runtime
         self._topics: tuple[float, dict[str, Any]] | None = None
@@ -133,7 +134,7 @@ class Readiness:
 class GaugeRefresher:
     """Sets the DB-derived gauges from one snapshot, at most every :data:`METRICS_REFRESH_EVERY` seconds."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: WorkerRuntime) -> None:
         self.runtime = runtime
         self._next = 0.0
         self._lock = asyncio.Lock()
@@ -160,7 +161,7 @@ class GaugeRefresher:
         return await outbox_admin.overview(engine, dead_limit=0), await notification_counts(engine)
 
 
-def define_ops_views(app: faust.App, runtime: Any) -> None:
+def define_ops_views(app: faust.App, runtime: WorkerRuntime) -> None:
     readiness = Readiness(app, runtime)
     gauges = GaugeRefresher(runtime)
     install_prometheus_sensors(app)
