@@ -28,7 +28,7 @@ import uuid
 from datetime import datetime, tzinfo
 from enum import Enum
 
-from smartflow_streams.contracts.envelope import go_trim_space
+from smartflow_streams.contracts.gojson import go_trim_space
 from smartflow_streams.contracts.events import TargetType, TriggerType
 from smartflow_streams.contracts.gotime import (
     DEFAULT_WINDOW_SECONDS,

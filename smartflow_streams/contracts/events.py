@@ -23,7 +23,8 @@ from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import PlainValidator, model_validator
 
-from smartflow_streams.contracts.envelope import GoInt, GoObjectWriter, GoWireModel, RawJSON, go_trim_space
+from smartflow_streams.contracts.envelope import GoInt, GoWireModel, RawJSON
+from smartflow_streams.contracts.gojson import GoObjectWriter, go_trim_space
 from smartflow_streams.core.errors import ContractError
 from smartflow_streams.contracts.gotime import GO_ZERO_TIME, format_go_time, is_go_zero, parse_go_time, to_zone
 

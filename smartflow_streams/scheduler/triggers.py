@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from config import Settings
 from smartflow_streams.core import clock
 from smartflow_streams.contracts.dedupe import new_trigger_id, trigger_dedupe_key
-from smartflow_streams.contracts.envelope import go_json_value
+from smartflow_streams.contracts.gojson import go_json_value
 from smartflow_streams.contracts.events import (
     ACTIVE_SCHEDULE_TRIGGERED,
     ACTIVE_SCHEDULE_TRIGGERED_VERSION,

@@ -47,7 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from config import Settings
 from smartflow_streams.core import clock
 from smartflow_streams.contracts.dedupe import conversation_id_for_trigger, new_preview_id, notification_dedupe_key
-from smartflow_streams.contracts.envelope import go_trim_space
+from smartflow_streams.contracts.gojson import go_trim_space
 from smartflow_streams.contracts.events import (
     ASSISTANT_URL_PREFIX,
     NOTIFICATION_FEISHU_REQUESTED,
