@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from smartflow_streams.core import clock
 from smartflow_streams.catalog import RouteRegistry, registry as default_registry
 from smartflow_streams.db.models import outbox_admin_audit, outbox_dead_messages, outbox_table
-from smartflow_streams.outbox.backlog import STATUSES, read_backlog
+from smartflow_streams.outbox.backlog import STATUSES, read_backlog  # noqa: F401 - STATUSES kept importable here
 
 MAX_LIST = 500
 PURGE_CHUNK = 1000

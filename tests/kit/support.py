@@ -16,6 +16,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from tests.kit.feishu import FakeFeishu  # noqa: F401 - the kit's fake Feishu, importable from here too
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -129,62 +131,6 @@ class TopicReader:
             return len({(r.topic, json.loads(r.value)["outbox_id"]) for r in self.records}) >= n
         await wait_for(enough, timeout, what=f"{n} distinct outbox ids on {self.topics}")
 
-
-class FakeFeishu:
-    """A real aiohttp server on 127.0.0.1 playing the Feishu Flow webhook. ``script`` maps the n-th POST (1-based)
-    to (http status, JSON body, delay seconds); unscripted POSTs succeed with code 0."""
-
-    def __init__(self, script: dict[int, tuple[int, dict[str, Any], float]] | None = None,
-                 per_user: dict[int, list[tuple[int, dict[str, Any], float]]] | None = None) -> None:
-        from aiohttp import web
-
-        self.script = script or {}
-        self.per_user = {k: list(v) for k, v in (per_user or {}).items()}
-        self.posts: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self._web = web
-        self._runner: Any = None
-        self.port = 0
-
-    async def __aenter__(self) -> FakeFeishu:
-        web = self._web
-        app = web.Application()
-        app.router.add_post("/flow/api/trigger-webhook/{token}", self._handle)
-        app.router.add_get("/posts", self._list)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        from smartflow_streams.cli.embedded import free_port
-
-        self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._runner.cleanup()
-
-    async def _list(self, _request: Any) -> Any:
-        return self._web.json_response(self.posts)
-
-    async def _handle(self, request: Any) -> Any:
-        body = await request.json()
-        self.posts.append(body)
-        self.headers.append(dict(request.headers))
-        status, reply, delay = self.script.get(len(self.posts), (200, {"code": 0, "msg": "success"}, 0.0))
-        queue = self.per_user.get(int(body.get("user_id", 0)))
-        if queue:
-            status, reply, delay = queue.pop(0)
-        if delay:
-            await asyncio.sleep(delay)
-        return self._web.json_response(reply, status=status)
-
-    def url(self, user_id: int) -> str:
-        return f"http://127.0.0.1:{self.port}/flow/api/trigger-webhook/tok-user-{user_id}-secretpart"
-
-    def posts_by_user(self) -> dict[int, int]:
-        counts: dict[int, int] = {}
-        for body in self.posts:
-            counts[body["user_id"]] = counts.get(body["user_id"], 0) + 1
-        return counts
 
 
 def worker_env(db_url: str, bootstrap: str, tag: str, web_port: int, **extra: str) -> dict[str, str]:
