@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+import tenacity
 from faust.streams import _current_event
 
 from smartflow_streams.core import clock, metrics
@@ -361,22 +362,18 @@ class Dispatcher:
         return "unroutable" if await self._record(write, service, 0) else "unrecorded"
 
     async def _record(self, write: Callable[[], Awaitable[None]], service: str, outbox_id: int) -> bool:
-        delay = 0.25
-        for attempt in range(1, RECORD_ATTEMPTS + 1):
-            try:
-                await write()
-                return True
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                if attempt == RECORD_ATTEMPTS:
-                    log.error("agent %s: could not record the failure of outbox_id=%d after %d attempts (%s); the "
-                              "row stays published and the relay's stale-published sweep will republish it",
-                              service, outbox_id, attempt, exc)
-                    return False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 8.0)
-        return False
+        # CancelledError is a BaseException: tenacity does not retry it, it propagates.
+        retrying = tenacity.AsyncRetrying(stop=tenacity.stop_after_attempt(RECORD_ATTEMPTS),
+                                          wait=tenacity.wait_exponential(multiplier=0.25, max=8.0),
+                                          retry=tenacity.retry_if_exception_type(Exception), reraise=True)
+        try:
+            await retrying(write)
+            return True
+        except Exception as exc:  # noqa: BLE001
+            log.error("agent %s: could not record the failure of outbox_id=%d after %d attempts (%s); the "
+                      "row stays published and the relay's stale-published sweep will republish it",
+                      service, outbox_id, RECORD_ATTEMPTS, exc)
+            return False
 
     def _remember(self, service: str, outbox_id: int, status: str, counted: bool = True) -> None:
         if self.consumption is None:

@@ -13,6 +13,7 @@ import signal
 import sys
 
 import sqlalchemy as sa
+import tenacity
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -79,25 +80,33 @@ async def _check_schema(engine, settings: Settings) -> None:  # type: ignore[no-
     from outbox_relay.relay import routes_for
 
     tables = [r.table for r in routes_for(settings)] + ["outbox_relay_leases"]
-    for attempt in range(30):
-        try:
-            async with engine.connect() as conn:
-                def inspect(c: sa.Connection) -> list[str]:
-                    insp = sa.inspect(c)
-                    bad = []
-                    for t in tables:
-                        if not insp.has_table(t):
-                            bad.append(t)
-                        elif t != "outbox_relay_leases" and "claim_token" not in {x["name"] for x in insp.get_columns(t)}:
-                            bad.append(f"{t}.claim_token")
-                    return bad
-                missing = await conn.run_sync(inspect)
-            break
-        except sa.exc.OperationalError as exc:  # database not up yet: wait up to 30 s
-            log.warning("database not reachable (%s); retrying", exc.__class__.__name__)
-            await asyncio.sleep(1)
-    else:
-        raise SchemaMissing("database not reachable after 30 s")
+
+    def inspect(c: sa.Connection) -> list[str]:
+        insp = sa.inspect(c)
+        bad = []
+        for t in tables:
+            if not insp.has_table(t):
+                bad.append(t)
+            elif t != "outbox_relay_leases" and "claim_token" not in {x["name"] for x in insp.get_columns(t)}:
+                bad.append(f"{t}.claim_token")
+        return bad
+
+    async def read_missing() -> list[str]:
+        async with engine.connect() as conn:
+            return await conn.run_sync(inspect)
+
+    def warn(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        log.warning("database not reachable (%s); retrying", type(exc).__name__)
+
+    # database not up yet: 30 attempts 1 s apart (about 30 s)
+    retrying = tenacity.AsyncRetrying(stop=tenacity.stop_after_attempt(30), wait=tenacity.wait_fixed(1),
+                                      retry=tenacity.retry_if_exception_type(sa.exc.OperationalError),
+                                      before_sleep=warn)
+    try:
+        missing = await retrying(read_missing)
+    except tenacity.RetryError:
+        raise SchemaMissing("database not reachable after 30 s") from None
     if missing:
         raise SchemaMissing(f"schema is missing {', '.join(missing)}: run `smartflow schema` (or pass --create-schema)")
 
