@@ -32,6 +32,9 @@ Every validation failure raises :class:`~smartflow_streams.core.errors.ContractE
 
 from __future__ import annotations
 
+# Size (~400 lines): the two wire layers (shell, envelope) share one Go-aware pydantic base and decoder; the Go
+# encoding/json rules themselves are in gojson.py.
+
 import json
 import re
 from collections.abc import Mapping

@@ -7,6 +7,9 @@ greps every body served in this module and the worker's log for the configured s
 
 from __future__ import annotations
 
+# Size (~570 lines): one real worker stack per backend is shared by every view test here (module-scoped fixture);
+# splitting the file would start a worker stack again per file.
+
 import asyncio
 import json
 import pathlib

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Size (~870 lines): one test per Feishu rule (URLs, bodies, signing, every answer class, redaction, rate
+# limits) against one real local HTTP server; the sections follow the provider package's modules.
+
 import asyncio
 import contextlib
 import json
