@@ -144,7 +144,7 @@ class SchedulerSettings(BaseModel):
 
 
 class TracingSettings(BaseModel):
-    """OpenTelemetry tracing (smartflow_streams.tracing); off by default, zero cost while off."""
+    """OpenTelemetry tracing (smartflow_streams.core.tracing); off by default, zero cost while off."""
 
     enabled: bool = Field(False, description="trace relay publishes, handlers and webhook POSTs (W3C traceparent)")
     exporter: str = Field("otlp", pattern=r"^(otlp|console|none)$",
@@ -176,7 +176,7 @@ class KafkaSecuritySettings(BaseModel):
     """How every Kafka client of this project (relay producer and admin, Faust worker) reaches the brokers.
 
     One block for all of them (``SMARTFLOW_KAFKA__*``), turned into client arguments only by
-    :mod:`smartflow_streams.kafka_security`. ``SSL``/``SASL_SSL`` verify the broker certificate against
+    :mod:`smartflow_streams.core.kafka_security`. ``SSL``/``SASL_SSL`` verify the broker certificate against
     ``ssl_cafile`` (the system CAs when unset) and, unless ``ssl_check_hostname`` is false, its host name.
     ``ssl_certfile``/``ssl_keyfile`` add a client certificate (mutual TLS). SASL mechanisms: PLAIN,
     SCRAM-SHA-256, SCRAM-SHA-512. Passwords are secrets: masked in ``smartflow config`` and in logs.
@@ -296,7 +296,7 @@ class Settings(BaseSettings):
 
     def masked(self) -> dict[str, Any]:
         """The settings as JSON-able data with secrets and DB passwords masked (for logs and views)."""
-        from smartflow_streams.masking import mask_database_url
+        from smartflow_streams.core.masking import mask_database_url
 
         data = self.model_dump(mode="json")
         data["database_url"] = mask_database_url(self.database_url)

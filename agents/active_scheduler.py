@@ -13,14 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from smartflow_streams.catalog import ACTIVE_SCHEDULER
 from smartflow_streams.contracts.events import ACTIVE_SCHEDULE_TRIGGERED, ActiveScheduleTriggeredPayload
-from smartflow_streams.errors import is_retriable
-from smartflow_streams.handlers import HandlerContext, handlers
+from smartflow_streams.core.errors import is_retriable
+from smartflow_streams.startup.handlers import HandlerContext, handlers
 from smartflow_streams.scheduler.workflow import mark_trigger_failed, run_trigger_workflow_many
-
-
-@handlers.transactional(ACTIVE_SCHEDULE_TRIGGERED, service=ACTIVE_SCHEDULER, model=ActiveScheduleTriggeredPayload)
-async def on_triggered(ctx: HandlerContext, session: AsyncSession, payload: ActiveScheduleTriggeredPayload) -> Any:
-    return (await _on_triggered_many(ctx, session, [payload]))[0]
 
 
 async def _on_triggered_many(ctx: HandlerContext, session: AsyncSession,
@@ -34,5 +29,7 @@ async def _on_error(ctx: HandlerContext, payload: ActiveScheduleTriggeredPayload
     await mark_trigger_failed(ctx.sessions, payload.trigger_id, code, f"{type(exc).__name__}: {exc}")
 
 
-on_triggered.on_error = _on_error  # type: ignore[attr-defined]
-on_triggered.batch = _on_triggered_many  # type: ignore[attr-defined]
+@handlers.transactional(ACTIVE_SCHEDULE_TRIGGERED, service=ACTIVE_SCHEDULER, model=ActiveScheduleTriggeredPayload,
+                        batch=_on_triggered_many, on_error=_on_error)
+async def on_triggered(ctx: HandlerContext, session: AsyncSession, payload: ActiveScheduleTriggeredPayload) -> Any:
+    return (await _on_triggered_many(ctx, session, [payload]))[0]

@@ -33,7 +33,7 @@ Invariants:
   only the relative timing of a poison event's ``dead`` mark and a later valid event of the same key changes.
 - Tracing (``tracing.enabled``, off by default: then one boolean test per call and nothing else): every handler call
   runs in a CONSUMER span continuing the message's ``traceparent``; a batch call gets one span per event
-  (:mod:`smartflow_streams.tracing`). Spans never change an outcome.
+  (:mod:`smartflow_streams.core.tracing`). Spans never change an outcome.
 """
 
 from __future__ import annotations
@@ -44,34 +44,25 @@ import logging
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy as sa
+import tenacity
 from faust.streams import _current_event
 
-from smartflow_streams import clock, metrics, tracing
+from smartflow_streams.core import clock, metrics, tracing
 from smartflow_streams.catalog import RouteRegistry, registry as default_registry
 from smartflow_streams.contracts.envelope import KafkaEnvelope, try_outbox_id
 from smartflow_streams.db.models import outbox_dead_messages
-from smartflow_streams.errors import ContractError, RouteNotRegisteredError, is_retriable
-from smartflow_streams.handlers import HandlerContext, HandlerRegistry, HandlerSpec, handlers as default_handlers
-from smartflow_streams.logs import log_fields
+from smartflow_streams.core.errors import ContractError, RouteNotRegisteredError, is_retriable
+from smartflow_streams.startup.handlers import HandlerContext, HandlerRegistry, HandlerSpec, handlers as default_handlers
+from smartflow_streams.core.logs import log_fields
 from smartflow_streams.outbox.repository import ConsumeOutcome, OutboxRepository
+from smartflow_streams.startup.runtime import ConsumptionState, WorkerRuntime
 
 log = logging.getLogger("agents")
 
 RECORD_ATTEMPTS = 8  # 0.25 s doubling, capped at 8 s: about 30 s in all
-
-
-class ConsumptionState(Protocol):
-    """Accelerator (a Faust table in the worker): what this worker already saw consumed/dead. May forget."""
-
-    def terminal(self, service: str, outbox_id: int) -> str | None: ...
-
-    def record(self, service: str, outbox_id: int, status: str, counted: bool = True) -> None: ...
-
-    def flush(self, service: str, partition: int) -> None:
-        """Write what :meth:`record` buffered for (service, partition); called once per batch and partition."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +93,7 @@ class Position:
 
 class Dispatcher:
     def __init__(
-        self, runtime: Any, *, handlers: HandlerRegistry | None = None, registry: RouteRegistry | None = None,
+        self, runtime: WorkerRuntime, *, handlers: HandlerRegistry | None = None, registry: RouteRegistry | None = None,
         consumption: ConsumptionState | None = None,
     ) -> None:
         self.runtime = runtime
@@ -135,7 +126,7 @@ class Dispatcher:
             for index, event in enumerate(events):
                 _current_event.set(weakref.ref(event))  # the accelerators read the event's partition
                 verdict = verdicts[index] = self._classify(service, event.value or b"")
-                if (isinstance(verdict, Ready) and getattr(verdict.spec.fn, "batch", None) is not None
+                if (isinstance(verdict, Ready) and verdict.spec.batch is not None
                         and verdict.env.outbox_id not in seen):
                     seen.add(verdict.env.outbox_id)
                     batches.setdefault(verdict.spec.event_type, []).append(index)
@@ -198,7 +189,8 @@ class Dispatcher:
             _current_event.set(weakref.ref(events[indexes[i]]))
 
         ctx = HandlerContext(service, None, repo, self.runtime.sessions, self.runtime, activate)
-        batch_fn = spec.fn.batch  # type: ignore[attr-defined]
+        batch_fn = spec.batch
+        assert batch_fn is not None  # only specs with a batch function are batched
         traced = (tracing.batch_spans(service, spec.event_type, [events[i] for i in indexes],
                                       [r.payload for r in ready], [r.env.outbox_id for r in ready])
                   if tracing.active() else contextlib.nullcontext())
@@ -327,8 +319,8 @@ class Dispatcher:
             self._remember(service, outbox_id, "consumed", counted=outcome == "consumed")
         return outcome
 
-    async def _on_error(self, spec: Any, ctx: HandlerContext, payload: Any, exc: Exception) -> None:
-        hook: Callable[[HandlerContext, Any, Exception], Awaitable[None]] | None = getattr(spec.fn, "on_error", None)
+    async def _on_error(self, spec: HandlerSpec, ctx: HandlerContext, payload: Any, exc: Exception) -> None:
+        hook = spec.on_error
         if hook is None:
             return
         try:
@@ -386,22 +378,18 @@ class Dispatcher:
         return "unroutable" if await self._record(write, service, 0) else "unrecorded"
 
     async def _record(self, write: Callable[[], Awaitable[None]], service: str, outbox_id: int) -> bool:
-        delay = 0.25
-        for attempt in range(1, RECORD_ATTEMPTS + 1):
-            try:
-                await write()
-                return True
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                if attempt == RECORD_ATTEMPTS:
-                    log.error("agent %s: could not record the failure of outbox_id=%d after %d attempts (%s); the "
-                              "row stays published and the relay's stale-published sweep will republish it",
-                              service, outbox_id, attempt, exc)
-                    return False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 8.0)
-        return False
+        # CancelledError is a BaseException: tenacity does not retry it, it propagates.
+        retrying = tenacity.AsyncRetrying(stop=tenacity.stop_after_attempt(RECORD_ATTEMPTS),
+                                          wait=tenacity.wait_exponential(multiplier=0.25, max=8.0),
+                                          retry=tenacity.retry_if_exception_type(Exception), reraise=True)
+        try:
+            await retrying(write)
+            return True
+        except Exception as exc:  # noqa: BLE001
+            log.error("agent %s: could not record the failure of outbox_id=%d after %d attempts (%s); the "
+                      "row stays published and the relay's stale-published sweep will republish it",
+                      service, outbox_id, RECORD_ATTEMPTS, exc)
+            return False
 
     def _remember(self, service: str, outbox_id: int, status: str, counted: bool = True) -> None:
         if self.consumption is None:

@@ -19,7 +19,7 @@ import time
 import config
 from bench.common import StatementCounter, bulk_fill, machine, sqlite_url
 from outbox_relay.relay import TableRelay
-from smartflow_streams import tracing
+from smartflow_streams.core import tracing
 from smartflow_streams.catalog import registry
 from smartflow_streams.db.engine import create_engine
 from smartflow_streams.db.schema import upgrade_schema

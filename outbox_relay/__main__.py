@@ -18,18 +18,19 @@ import signal
 import sys
 
 import sqlalchemy as sa
+import tenacity
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config import ConfigError, Settings, get_settings
 from outbox_relay.relay import Relay
-from smartflow_streams import tracing
+from smartflow_streams.core import tracing
 from smartflow_streams.outbox.retention import RetentionRunner
 from smartflow_streams.db.engine import create_engine
 from smartflow_streams.db.schema import upgrade_schema
-from smartflow_streams.kafka_security import ssl_context
-from smartflow_streams.logs import setup_logging
-from smartflow_streams.preflight import OutageLog, database_where, describe
+from smartflow_streams.core.kafka_security import ssl_context
+from smartflow_streams.core.logs import setup_logging
+from smartflow_streams.core.preflight import OutageLog, database_where, describe
 
 log = logging.getLogger("outbox_relay")
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.models import outbox_relay_leases as leases
 
 

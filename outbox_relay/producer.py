@@ -10,7 +10,7 @@ Invariants:
   docs/operations.md#tansu-and-apache-kafka); ``relay.enable_idempotence`` turns it on for
   Apache Kafka (needs ``acks=all``). Delivery stays at-least-once either way (a relay crash between ack and mark
   republishes) and consumers dedupe by outbox id. Never transactional.
-- Connection security (TLS, SASL) comes from :mod:`smartflow_streams.kafka_security`, shared with the worker.
+- Connection security (TLS, SASL) comes from :mod:`smartflow_streams.core.kafka_security`, shared with the worker.
 - :meth:`KafkaPublisher.publish` never waits longer than ``publish_timeout_seconds`` (10 s): what is not
   acknowledged by then counts as failed and the rows go back to ``pending`` with backoff.
 """
@@ -34,8 +34,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from config import Settings
-from smartflow_streams.kafka_security import aiokafka_security_kwargs
-from smartflow_streams.preflight import OutageLog, describe
+from smartflow_streams.core.kafka_security import aiokafka_security_kwargs
+from smartflow_streams.core.preflight import OutageLog, describe
 
 log = logging.getLogger(__name__)
 

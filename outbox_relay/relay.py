@@ -17,7 +17,7 @@ Invariants:
 - Poison (unparseable shell) goes ``dead`` with the reason; Kafka failures go back with backoff (n² s), ``dead``
   after ``max_retry`` (20). A broken DB or broker never ends the loop: the loop backs off (0.1 s doubling to 5 s;
   producer and topic-check restarts 1 s doubling to 30 s) and the outage is logged once per state change, with a
-  reminder every ``relay.outage_reminder_seconds`` (:class:`~smartflow_streams.preflight.OutageLog`, one per
+  reminder every ``relay.outage_reminder_seconds`` (:class:`~smartflow_streams.core.preflight.OutageLog`, one per
   dependency shared by all tables), not once per retry.
 - Latency: the loop scans again at once after a full batch, ``partial_poll_ms`` (10 ms) after a partial one, and
   backs off to ``idle_poll_max_ms`` (50 ms) when idle, so a lightly loaded relay publishes a new row within ~50 ms.
@@ -27,7 +27,7 @@ Invariants:
   of it in socket writes).
 - Tracing (``tracing.enabled``, off by default: then one boolean test per batch and nothing else): one PRODUCER
   span per row from its commit to the broker's ack, parented by the row's ``trace_context``, and its W3C
-  ``traceparent`` header next to the upstream ``trace_id`` (:mod:`smartflow_streams.tracing`).
+  ``traceparent`` header next to the upstream ``trace_id`` (:mod:`smartflow_streams.core.tracing`).
 """
 
 from __future__ import annotations
@@ -43,19 +43,19 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config import Settings
 from outbox_relay.lease import TableLease
-from smartflow_streams.logs import log_fields
+from smartflow_streams.core.logs import log_fields
 from outbox_relay.producer import KafkaPublisher, OutgoingMessage, ensure_topics
-from smartflow_streams import clock, metrics, tracing
+from smartflow_streams.core import clock, metrics, tracing
 from smartflow_streams.catalog import RouteRegistry, ServiceRoute, registry as default_registry
 from smartflow_streams.contracts.envelope import KafkaEnvelope, parse_shell_fields
-from smartflow_streams.errors import ContractError, RouteNotRegisteredError
+from smartflow_streams.core.errors import ContractError, RouteNotRegisteredError
+from smartflow_streams.outbox.backlog import STATUSES, read_backlog
 from smartflow_streams.outbox.repository import Claim, OutboxRepository, OutboxRow
-from smartflow_streams.preflight import OutageLog, database_where
+from smartflow_streams.core.preflight import OutageLog, database_where
 
 log = logging.getLogger("outbox_relay")
 
@@ -287,14 +287,11 @@ class TableRelay:
     async def refresh_backlog(self) -> None:
         t = self.repo.table
         async with self.engine.connect() as conn:
-            counts = dict((await conn.execute(sa.select(t.c.status, sa.func.count()).group_by(t.c.status))).all())
-            oldest = (await conn.execute(
-                sa.select(sa.func.min(t.c.created_at)).where(t.c.status == "pending"))).scalar()
-        self.stats.counts = {str(k): int(v) for k, v in counts.items()}
-        for status in ("pending", "published", "consumed", "dead"):
+            backlog = await read_backlog(conn, t)
+        self.stats.counts = backlog.counts
+        for status in STATUSES:
             metrics.outbox_backlog.labels(self._label, status).set(self.stats.counts.get(status, 0))
-        age = (clock.db_now() - oldest).total_seconds() if oldest is not None else 0.0
-        metrics.outbox_oldest_pending.labels(self._label).set(max(0.0, age))
+        metrics.outbox_oldest_pending.labels(self._label).set(backlog.oldest_pending_seconds(clock.db_now()))
 
 
 def _is_database_error(exc: BaseException) -> bool:

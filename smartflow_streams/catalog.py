@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 
 from config import Settings, get_settings
-from smartflow_streams.errors import RouteConflictError, RouteError, RouteNotRegisteredError
+from smartflow_streams.core.errors import RouteConflictError, RouteError, RouteNotRegisteredError
 
 AGENT = "agent"
 TASK = "task"

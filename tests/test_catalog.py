@@ -2,7 +2,7 @@ import pytest
 
 import config
 from smartflow_streams.catalog import BUILTIN_SERVICES, RouteRegistry, ServiceRoute, registry
-from smartflow_streams.errors import RouteConflictError, RouteError, RouteNotRegisteredError
+from smartflow_streams.core.errors import RouteConflictError, RouteError, RouteNotRegisteredError
 
 
 def test_builtin_routes_match_upstream_table() -> None:

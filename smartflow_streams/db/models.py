@@ -89,7 +89,7 @@ def _outbox_columns() -> list[sa.Column]:
         # lease expiry, so the upstream due-scan index (status, next_retry_at) also serves lease recovery.
         sa.Column("claim_token", sa.String(64), nullable=True),
         # Added by smartflow-streams: W3C trace context (JSON carrier, <= 512 chars) of the event whose handler wrote
-        # the row, so the relay's publish joins that trace (smartflow_streams.tracing). NULL = none (Go rows).
+        # the row, so the relay's publish joins that trace (smartflow_streams.core.tracing). NULL = none (Go rows).
         sa.Column("trace_context", sa.String(512), nullable=True),
     ]
 

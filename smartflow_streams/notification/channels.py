@@ -7,26 +7,21 @@ codes: 40014 unauthorized user, 40004 missing parameter, 40005 wrong parameter.
 
 from __future__ import annotations
 
-import time
-from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config import Settings
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.models import user_notification_channels as channels
-from smartflow_streams.errors import ContractError
-from smartflow_streams.masking import mask_webhook_url
+from smartflow_streams.core.errors import ContractError
+from smartflow_streams.core.masking import mask_webhook_url
 from smartflow_streams.notification.limiter import RateLimiter
-from smartflow_streams.notification.providers import (
-    ChannelConfig, InvalidWebhookURL, Outcome, SendRequest, WebhookProvider, validate_webhook_url,
+from smartflow_streams.notification.feishu import (
+    CONFIG_CHANNEL, KINDS, MSG_TYPES, InvalidWebhookURL, Outcome, SendRequest, WebhookProvider, channel_config,
+    validate_webhook_url,
 )
-from smartflow_streams.notification.records import CONFIG_CHANNEL
-
-KINDS = ("flow", "bot")
-MSG_TYPES = ("text", "post", "interactive")
 
 
 class ChannelError(ContractError):
@@ -106,15 +101,6 @@ async def delete_channel(engine: AsyncEngine, user_id: int) -> dict[str, Any]:
     return {"deleted": True}
 
 
-def _config(row: Any | None) -> ChannelConfig | None:
-    if row is None:
-        return None
-    return ChannelConfig(webhook_url=row["webhook_url"] or "", enabled=bool(row["enabled"]),
-                         auth_type=row["auth_type"] or "none", bearer_token=row["bearer_token"] or "",
-                         kind=row["webhook_kind"] or "flow", sign_secret=row["sign_secret"] or "",
-                         msg_type=row["msg_type"] or "text")
-
-
 async def send_channel_test(engine: AsyncEngine, settings: Settings, user_id: int,
                             provider: WebhookProvider | None = None) -> dict[str, Any]:
     """Send upstream's test message and record ``last_test_*``; returns upstream's test-result shape."""
@@ -132,7 +118,7 @@ async def send_channel_test(engine: AsyncEngine, settings: Settings, user_id: in
     provider = provider or WebhookProvider(settings.notification, limiter=RateLimiter(enabled=False),
                                            zone=settings.zone)
     try:
-        result = await provider.send(_config(row), request)
+        result = await provider.send(channel_config(row) if row is not None else None, request)
     finally:
         if own:
             await provider.close()
@@ -146,6 +132,5 @@ async def send_channel_test(engine: AsyncEngine, settings: Settings, user_id: in
                 last_test_status=status, last_test_error=error or None, last_test_at=clock.db_now()))
     return {"channel": CONFIG_CHANNEL, "status": status, "outcome": result.outcome.value, "message": error,
             "trace_id": request.trace_id,
-            "sent_at": datetime.fromtimestamp(time.time(), timezone.utc).astimezone(settings.zone).isoformat(
-                timespec="seconds"),
+            "sent_at": clock.now(settings.zone).isoformat(timespec="seconds"),
             "skipped": result.outcome is Outcome.SKIPPED, "provider": "feishu"}

@@ -26,14 +26,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import NotificationSettings
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.models import json_bind, json_text, notification_records as records
 from smartflow_streams.db.models import user_notification_channels as channels
-from smartflow_streams.notification.providers import ChannelConfig, Outcome, SendRequest, SendResult
+from smartflow_streams.notification.feishu import (
+    CONFIG_CHANNEL, DEFAULT_MESSAGE_TEXT, RECORD_CHANNEL, ChannelConfig, Outcome, SendRequest, SendResult,
+    channel_config,
+)
 
-RECORD_CHANNEL = "feishu"  # records use "feishu" ...
-CONFIG_CHANNEL = "feishu_webhook"  # ... channel configs use "feishu_webhook" (docs/upstream.md#two-channel-names)
-DEFAULT_FALLBACK = "我为你生成了一份日程调整建议，请回到系统确认是否应用。"
+DEFAULT_FALLBACK = DEFAULT_MESSAGE_TEXT  # records use RECORD_CHANNEL "feishu", channel configs CONFIG_CHANNEL
 TERMINAL = ("sent", "dead", "skipped")
 
 
@@ -300,11 +301,7 @@ async def load_channels(session: AsyncSession, user_ids: list[int]) -> dict[int,
         return {}
     rows = (await session.execute(sa.select(channels).where(
         channels.c.user_id.in_(list(dict.fromkeys(user_ids))), channels.c.channel == CONFIG_CHANNEL))).mappings()
-    return {int(m["user_id"]): ChannelConfig(
-        webhook_url=m["webhook_url"] or "", enabled=bool(m["enabled"]), auth_type=m["auth_type"] or "none",
-        bearer_token=m["bearer_token"] or "", kind=m["webhook_kind"] or "flow", sign_secret=m["sign_secret"] or "",
-        msg_type=m["msg_type"] or "text",
-    ) for m in rows}
+    return {int(m["user_id"]): channel_config(m) for m in rows}
 
 
 _JSON_COLUMNS = ("provider_request_json", "provider_response_json")

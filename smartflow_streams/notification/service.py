@@ -36,11 +36,11 @@ from typing import Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import Settings
-from smartflow_streams import metrics, tracing
-from smartflow_streams.errors import LeaseHeldError
-from smartflow_streams.logs import log_fields
+from smartflow_streams.core import metrics, tracing
+from smartflow_streams.core.errors import LeaseHeldError
+from smartflow_streams.core.logs import log_fields
 from smartflow_streams.notification import records
-from smartflow_streams.notification.providers import ChannelConfig, SendRequest, SendResult, WebhookProvider
+from smartflow_streams.notification.feishu import ChannelConfig, SendRequest, SendResult, WebhookProvider
 from smartflow_streams.outbox.repository import ConsumeOutcome, OutboxRepository
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.catalog import RouteRegistry, registry as default_registry
 from smartflow_streams.db.models import outbox_table
 from smartflow_streams.outbox.admin import write_audit

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config import Settings
 from outbox_relay.lease import TableLease
-from smartflow_streams import clock, metrics
+from smartflow_streams.core import clock, metrics
 from smartflow_streams.catalog import RouteRegistry, registry as default_registry
 from smartflow_streams.db.models import notification_records, outbox_dead_messages, outbox_table
 from smartflow_streams.db.schema import outbox_table_names

@@ -47,13 +47,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import Settings, get_settings
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.contracts.dedupe import job_dedupe_key, job_id as make_job_id
 from smartflow_streams.contracts.events import TargetType, TriggerSource, TriggerType
 from smartflow_streams.db.models import active_schedule_jobs as jobs_t
-from smartflow_streams.errors import ContractError
+from smartflow_streams.core.errors import ContractError
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger
-from smartflow_streams.timefmt import db_naive, format_go_time, to_zone
+from smartflow_streams.contracts.gotime import db_naive, format_go_time, to_zone
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from smartflow_streams.contracts.events import TargetType, TriggerType
-from smartflow_streams.timefmt import format_go_time
+from smartflow_streams.contracts.gotime import format_go_time
 
 TARGET_NOUNS: dict[str, str] = {
     TargetType.TASK_POOL.value: "任务",

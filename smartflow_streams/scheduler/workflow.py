@@ -48,9 +48,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import Settings
-from smartflow_streams import clock, tracing
+from smartflow_streams.core import clock, tracing
 from smartflow_streams.contracts.dedupe import conversation_id_for_trigger, new_preview_id, notification_dedupe_key
-from smartflow_streams.contracts.envelope import go_trim_space
+from smartflow_streams.contracts.gojson import go_trim_space
 from smartflow_streams.contracts.events import (
     ASSISTANT_URL_PREFIX,
     NOTIFICATION_FEISHU_REQUESTED,
@@ -61,11 +61,11 @@ from smartflow_streams.contracts.events import (
 from smartflow_streams.db.models import active_schedule_previews as previews_t
 from smartflow_streams.db.models import active_schedule_triggers as triggers_t
 from smartflow_streams.db.models import json_bind, json_text
-from smartflow_streams.errors import ContractError
+from smartflow_streams.core.errors import ContractError
 from smartflow_streams.outbox.repository import OutboxRepository
 from smartflow_streams.scheduler.preview import PreviewBuilder, PreviewDecision
 from smartflow_streams.scheduler.triggers import TERMINAL_TRIGGER_STATUSES, TriggerStatus, json_value
-from smartflow_streams.timefmt import to_zone
+from smartflow_streams.contracts.gotime import to_zone
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from aiohttp import web
 from faust.web import View
 
 from smartflow_streams.outbox import admin as outbox_admin
+from smartflow_streams.startup.runtime import WorkerRuntime
 from smartflow_streams.web.auth import admin_actor, check_admin
 from smartflow_streams.web.queries import scrub_rows, service_has_table, snapshot
 from smartflow_streams.web.responses import error_response, json_response, query_int, read_json_object
@@ -66,7 +67,7 @@ def _audit_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def define_admin_views(app: faust.App, runtime: Any) -> None:
+def define_admin_views(app: faust.App, runtime: WorkerRuntime) -> None:
     settings = runtime.settings
 
     def denied(request: web.Request) -> web.Response | None:

@@ -33,13 +33,14 @@ from aiohttp import web
 from faust.web import View
 
 from config import Settings
-from smartflow_streams.errors import ContractError
-from smartflow_streams.masking import SECRETS, scrub_text
+from smartflow_streams.core.errors import ContractError
+from smartflow_streams.core.masking import SECRETS, scrub_text
 from smartflow_streams.notification.channels import (
     ChannelError, delete_channel, get_channel, put_channel, send_channel_test,
 )
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger
-from smartflow_streams.timefmt import parse_go_time
+from smartflow_streams.contracts.gotime import parse_go_time
+from smartflow_streams.startup.runtime import WorkerRuntime
 from smartflow_streams.web.auth import api_user
 from smartflow_streams.web.responses import (
     INTERNAL, MISSING_PARAM, UNAUTHORIZED, WRONG_PARAM, read_json_object, upstream_error, upstream_ok,
@@ -96,7 +97,7 @@ def parse_trigger(body: dict[str, Any], user_id: int, settings: Settings) -> Tri
     )
 
 
-def define_api_views(app: faust.App, runtime: Any) -> None:
+def define_api_views(app: faust.App, runtime: WorkerRuntime) -> None:
     settings: Settings = runtime.settings
 
     async def answer(request: web.Request, action: Callable[[int], Awaitable[Any]], what: str,

@@ -8,7 +8,7 @@ Invariants:
   token never lands in an access log or a browser history).
 - API tokens map to user ids > 0 only; anything else is "no user" (upstream 40014).
 - The audit actor is ``"admin:" + X-Actor`` (printable, at most 64 characters, secrets scrubbed) or ``"admin:token"``.
-- :func:`register_secrets` puts every configured token into :data:`smartflow_streams.masking.SECRETS` (logs) and
+- :func:`register_secrets` puts every configured token into :data:`smartflow_streams.core.masking.SECRETS` (logs) and
   :data:`smartflow_streams.web.responses.SERVED_SECRETS` (bodies), so neither can echo one.
 """
 
@@ -18,7 +18,7 @@ import hmac
 from dataclasses import dataclass
 
 from config import Settings
-from smartflow_streams.masking import SECRETS, scrub_text
+from smartflow_streams.core.masking import SECRETS, scrub_text
 from smartflow_streams.web.responses import SERVED_SECRETS
 
 ADMIN_DISABLED = "admin actions disabled: set SMARTFLOW_ADMIN_TOKEN"

@@ -9,7 +9,7 @@ Invariants:
   ``settings.worker.services`` exists in the cluster metadata; cached 5 s after success, 1 s after failure).
   Check details carry exception class names and scrubbed messages only (no URLs, no passwords).
 - ``/metrics`` serves prometheus_client's default registry: Faust's sensor metrics (prefixed with the app id) and
-  ours (:mod:`smartflow_streams.metrics`). Before serving, the DB-derived gauges ``smartflow_outbox_rows``,
+  ours (:mod:`smartflow_streams.core.metrics`). Before serving, the DB-derived gauges ``smartflow_outbox_rows``,
   ``smartflow_outbox_oldest_pending_seconds`` (every catalog service that has a table) and
   ``smartflow_notification_records`` are refreshed, at most once every 2 s and under a lock, so scrapes never
   stampede the database; a failed refresh keeps the last values. Labels are service names and statuses only.
@@ -38,11 +38,12 @@ from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.web import View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from smartflow_streams import metrics
+from smartflow_streams.core import metrics
 from smartflow_streams.catalog import registry
-from smartflow_streams.kafka_security import aiokafka_security_kwargs
-from smartflow_streams.masking import mask_database_url, scrub_text
+from smartflow_streams.core.kafka_security import aiokafka_security_kwargs
+from smartflow_streams.core.masking import mask_database_url, scrub_text
 from smartflow_streams.outbox import admin as outbox_admin
+from smartflow_streams.startup.runtime import WorkerRuntime
 from smartflow_streams.web.queries import NOTIFICATION_STATUSES, notification_counts
 from smartflow_streams.web.responses import json_response
 
@@ -72,7 +73,7 @@ def brief_error(exc: BaseException) -> str:
 
 
 class Readiness:
-    def __init__(self, app: faust.App, runtime: Any) -> None:
+    def __init__(self, app: faust.App, runtime: WorkerRuntime) -> None:
         self.app = app
         self.runtime = runtime
         self._topics: tuple[float, dict[str, Any]] | None = None
@@ -142,7 +143,7 @@ class Readiness:
 class GaugeRefresher:
     """Sets the DB-derived gauges from one snapshot, at most every :data:`METRICS_REFRESH_EVERY` seconds."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: WorkerRuntime) -> None:
         self.runtime = runtime
         self._next = 0.0
         self._lock = asyncio.Lock()
@@ -169,7 +170,7 @@ class GaugeRefresher:
         return await outbox_admin.overview(engine, dead_limit=0), await notification_counts(engine)
 
 
-def refresh_consumer_lag(app: faust.App, runtime: Any) -> None:
+def refresh_consumer_lag(app: faust.App, runtime: WorkerRuntime) -> None:
     """Set :data:`metrics.consumer_lag` for the assigned partitions of this worker's service topics."""
     topics = {registry.service_route(s).topic for s in runtime.settings.worker.services}
     metrics.consumer_lag.clear()
@@ -192,7 +193,7 @@ def refresh_consumer_lag(app: faust.App, runtime: Any) -> None:
         metrics.consumer_lag.labels(group, tp.topic, str(tp.partition)).set(max(0, int(highwater) - committed))
 
 
-def define_ops_views(app: faust.App, runtime: Any) -> None:
+def define_ops_views(app: faust.App, runtime: WorkerRuntime) -> None:
     readiness = Readiness(app, runtime)
     gauges = GaugeRefresher(runtime)
     install_prometheus_sensors(app)

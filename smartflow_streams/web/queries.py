@@ -1,7 +1,7 @@
 """Read-only database queries behind the worker's operations views (status snapshot, table checks).
 
 Invariants: nothing here writes; free text read from rows (``last_error``, ``reason``) is returned scrubbed with
-:func:`smartflow_streams.masking.scrub_text`; every listing is bounded (outbox admin caps at 500 rows).
+:func:`smartflow_streams.core.masking.scrub_text`; every listing is bounded (outbox admin caps at 500 rows).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from smartflow_streams import metrics
+from smartflow_streams.core import metrics
 from smartflow_streams.catalog import registry
 from smartflow_streams.db.models import notification_records, outbox_dead_messages
-from smartflow_streams.masking import scrub_text
+from smartflow_streams.core.masking import scrub_text
 from smartflow_streams.outbox import admin as outbox_admin
 
 NOTIFICATION_STATUSES = ("pending", "sending", "sent", "failed", "dead", "skipped")

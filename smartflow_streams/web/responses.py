@@ -4,8 +4,8 @@ Invariants:
 - Every JSON body is scrubbed after serialisation (last line of defence): the operator-configured tokens in
   :data:`SERVED_SECRETS` (admin and API tokens) and any ``Bearer <x>`` credential become ``****``; bodies carry
   ``Cache-Control: no-store``. Free text read from the database (``last_error``, reasons, test messages) is
-  scrubbed field by field with :func:`smartflow_streams.masking.scrub_text` by the views themselves. The body pass
-  deliberately does not use the process-wide :data:`~smartflow_streams.masking.SECRETS`: that registry also holds
+  scrubbed field by field with :func:`smartflow_streams.core.masking.scrub_text` by the views themselves. The body pass
+  deliberately does not use the process-wide :data:`~smartflow_streams.core.masking.SECRETS`: that registry also holds
   user-chosen channel tokens, and a user who picked ``success`` as a token must not be able to mask the envelope.
 - Upstream-compatible APIs answer with upstream's envelope: ``{"status": "10000", "info": "success", "data": ...}``
   on success, ``{"status": "<code>", "info": "<message>"}`` on error; HTTP 401 for 40014, 400 for other 4xxxx codes,
@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from smartflow_streams.masking import SecretRegistry
+from smartflow_streams.core.masking import SecretRegistry
 
 SUCCESS = "10000"
 UNAUTHORIZED = 40014

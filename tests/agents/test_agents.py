@@ -10,12 +10,12 @@ import pytest
 import sqlalchemy as sa
 
 import config
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.contracts.envelope import KafkaEnvelope, OutboxEventShell
 from smartflow_streams.db.models import notification_records, outbox_dead_messages, user_notification_channels
 from smartflow_streams.outbox.repository import OutboxRepository
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger
-from support import FakeFeishu
+from tests.kit.support import FakeFeishu
 
 NOTIFY = "notification.feishu.requested"
 TRIGGER = "active_schedule.triggered"
@@ -23,7 +23,7 @@ TRIGGER = "active_schedule.triggered"
 
 @pytest.fixture
 async def worker(db):
-    from smartflow_streams.faust_app import build_app
+    from smartflow_streams.startup.faust_app import build_app
 
     settings = config.load_settings(
         database_url=db.url, kafka_bootstrap="127.0.0.1:1",

@@ -13,13 +13,13 @@ import sqlalchemy as sa
 import config
 from agents.dispatch import Dispatcher
 from bench.common import StatementCounter
-from smartflow_streams import clock, metrics
+from smartflow_streams.core import clock, metrics
 from smartflow_streams.contracts.envelope import KafkaEnvelope, OutboxEventShell
 from smartflow_streams.db.models import active_schedule_previews, active_schedule_triggers, notification_records
 from smartflow_streams.outbox.repository import OutboxRepository
-from smartflow_streams.runtime import WorkerRuntime
+from smartflow_streams.startup.runtime import WorkerRuntime
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger
-from support import FakeFeishu
+from tests.kit.support import FakeFeishu
 
 from test_agents import NOTIFY, TRIGGER, channel, enqueue, notification_payload
 
@@ -152,7 +152,7 @@ async def test_notification_batch_claims_at_most_max_in_flight_records_at_once(d
     """The kill -9 bound: records claimed (``sending``) but not yet recorded never exceed ``worker.max_in_flight``."""
     from aiohttp import web
 
-    from smartflow_streams.embedded import free_port
+    from smartflow_streams.cli.embedded import free_port
 
     runtime.settings.worker.max_in_flight = 3
     sending_seen: list[int] = []

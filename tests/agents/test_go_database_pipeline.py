@@ -24,15 +24,15 @@ import sqlalchemy as sa
 
 import config
 from conftest import DB, drop_database, make_database
-from go_schema import go_select, make_go_database
-from smartflow_streams import clock
+from tests.kit.go_schema import go_select, make_go_database
+from smartflow_streams.core import clock
 from smartflow_streams.contracts.dedupe import new_trigger_id, trigger_dedupe_key
 from smartflow_streams.contracts.envelope import OutboxEventShell
 from smartflow_streams.contracts.events import ActiveScheduleTriggeredPayload
 from smartflow_streams.db import models
 from smartflow_streams.db.schema import upgrade_schema
-from smartflow_streams.embedded import free_port
-from support import FakeFeishu, spawn_relay, spawn_worker, terminate, wait_for, wait_worker_ready, worker_env
+from smartflow_streams.cli.embedded import free_port
+from tests.kit.support import FakeFeishu, spawn_relay, spawn_worker, terminate, wait_for, wait_worker_ready, worker_env
 
 pytestmark = pytest.mark.slow
 AS_TABLE = models.outbox_table("active_scheduler_outbox_messages")

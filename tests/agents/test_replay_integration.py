@@ -11,12 +11,12 @@ import pytest
 import sqlalchemy as sa
 
 import config
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.models import (
     notification_records, outbox_admin_audit, outbox_table, user_notification_channels,
 )
-from smartflow_streams.embedded import free_port
-from support import (
+from smartflow_streams.cli.embedded import free_port
+from tests.kit.support import (
     ROOT, FakeFeishu, spawn_relay, spawn_worker, terminate, wait_for, wait_worker_ready, worker_env,
     write_upstream_trigger,
 )

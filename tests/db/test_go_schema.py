@@ -20,8 +20,8 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import DB, drop_database
-from go_schema import GO_COLUMNS, GO_OUTBOX_TABLES, go_select, make_go_database
-from smartflow_streams import clock
+from tests.kit.go_schema import GO_COLUMNS, GO_OUTBOX_TABLES, go_select, make_go_database
+from smartflow_streams.core import clock
 from smartflow_streams.catalog import RouteRegistry, convention_route, registry
 from smartflow_streams.contracts.envelope import OutboxEventShell
 from smartflow_streams.contracts.events import FeishuNotificationRequestedPayload
@@ -29,7 +29,7 @@ from smartflow_streams.db import models
 from smartflow_streams.db.schema import outbox_table_names, upgrade_schema
 from smartflow_streams.notification.channels import put_channel, send_channel_test
 from smartflow_streams.notification.limiter import RateLimiter
-from smartflow_streams.notification.providers import WebhookProvider
+from smartflow_streams.notification.feishu import WebhookProvider
 from smartflow_streams.notification.service import NotificationService
 from smartflow_streams.outbox.repository import OutboxRepository
 from smartflow_streams.scheduler.jobs import cancel_pending_job, upsert_job
@@ -37,7 +37,7 @@ from smartflow_streams.scheduler.preview import DeterministicPreviewBuilder
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger
 from smartflow_streams.scheduler.workflow import run_trigger_workflow
 from smartflow_streams.contracts.events import ActiveScheduleTriggeredPayload
-from support import FakeFeishu
+from tests.kit.support import FakeFeishu
 
 SH = ZoneInfo("Asia/Shanghai")
 PREVIEW_ID = re.compile(r"^asp_[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")

@@ -21,7 +21,7 @@ from deploy_files import (
     ALERTS, COMPOSE, DASHBOARDS, DEPLOY, DOCKERFILE, K8S, PROMETHEUS, ROOT, compose, compose_envs, k8s_container_env,
     k8s_object, k8s_objects, load_all, referenced_metrics, setting_path_error, yaml_files,
 )
-from smartflow_streams.embedded import TANSU_FAUST_SETTINGS, TANSU_FETCH_MAX_WAIT_MS
+from smartflow_streams.cli.embedded import TANSU_FAUST_SETTINGS, TANSU_FETCH_MAX_WAIT_MS
 
 
 def _load_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> config.Settings:

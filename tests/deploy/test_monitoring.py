@@ -19,13 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 import config
 from conftest import drop_database, make_database
 from deploy_files import PROMETHEUS_BUILTIN, referenced_metrics
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.models import notification_records, outbox_table, user_notification_channels
 from smartflow_streams.db.schema import upgrade_schema
-from smartflow_streams.embedded import free_port
-from smartflow_streams.logs import JSON_KEYS
+from smartflow_streams.cli.embedded import free_port
+from smartflow_streams.core.logs import JSON_KEYS
 from smartflow_streams.outbox.repository import OutboxRepository
-from support import (
+from tests.kit.support import (
     FakeFeishu, spawn_relay, spawn_worker, terminate, wait_for, wait_worker_ready, worker_env, write_upstream_trigger,
 )
 

@@ -18,12 +18,12 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from config import NotificationSettings
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.contracts.events import FeishuNotificationRequestedPayload
 from smartflow_streams.db.models import notification_records, user_notification_channels
-from smartflow_streams.embedded import free_port
+from smartflow_streams.cli.embedded import free_port
 from smartflow_streams.notification.limiter import RateLimiter
-from smartflow_streams.notification.providers import ChannelConfig, Outcome, SendRequest, WebhookProvider
+from smartflow_streams.notification.feishu import ChannelConfig, Outcome, SendRequest, WebhookProvider
 from smartflow_streams.notification.records import retry_delay
 from smartflow_streams.notification.service import NotificationService
 from smartflow_streams.outbox.repository import OutboxRepository

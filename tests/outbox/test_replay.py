@@ -11,10 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 import config
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.models import outbox_admin_audit, outbox_table
 from smartflow_streams.outbox.replay import ReplayError, Selection, execute, plan
-from support import ROOT, base_env
+from tests.kit.support import ROOT, base_env
 
 N_TABLE = outbox_table("notification_outbox_messages")
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 import config
-from smartflow_streams import clock, metrics
+from smartflow_streams.core import clock, metrics
 from smartflow_streams.db.models import (
     notification_records, outbox_admin_audit, outbox_dead_messages, outbox_relay_leases, outbox_table,
 )

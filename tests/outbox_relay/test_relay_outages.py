@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from smartflow_streams.embedded import free_port
-from support import ROOT, SPAWNED
+from smartflow_streams.cli.embedded import free_port
+from tests.kit.support import ROOT, SPAWNED
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,10 @@ import pytest
 import sqlalchemy as sa
 
 import config
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.models import outbox_admin_audit, outbox_table
-from smartflow_streams.embedded import free_port
-from support import base_env, spawn_relay, terminate, wait_for
+from smartflow_streams.cli.embedded import free_port
+from tests.kit.support import base_env, spawn_relay, terminate, wait_for
 
 pytestmark = pytest.mark.slow
 N_TABLE = outbox_table("notification_outbox_messages")

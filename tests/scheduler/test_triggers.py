@@ -11,11 +11,11 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.contracts.envelope import OutboxEventShell
 from smartflow_streams.contracts.events import ActiveScheduleTriggeredPayload
 from smartflow_streams.db.models import active_schedule_triggers as triggers_t
-from smartflow_streams.errors import ContractError
+from smartflow_streams.core.errors import ContractError
 from smartflow_streams.outbox.repository import OutboxRepository
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger, json_value
 

@@ -28,11 +28,11 @@ import pytest
 import sqlalchemy as sa
 
 import config
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.models import outbox_admin_audit, outbox_table, user_notification_channels
-from smartflow_streams.embedded import free_port
+from smartflow_streams.cli.embedded import free_port
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger
-from support import FakeFeishu, ROOT, spawn_relay, spawn_worker, terminate, wait_for, worker_env
+from tests.kit.support import FakeFeishu, ROOT, spawn_relay, spawn_worker, terminate, wait_for, worker_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
