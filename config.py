@@ -120,6 +120,9 @@ class NotificationSettings(BaseModel):
     rate_limit_enabled: bool = True
     rate_per_second: float = Field(5.0, gt=0)
     rate_per_minute: float = Field(100.0, gt=0)
+    rate_limit_max_wait_seconds: float = Field(
+        1.0, ge=0, description="longest a send waits for its webhook's rate-limit slot; a longer wait is a temporary "
+        "failure with that wait as retry-after (the slot is not held, other users' sends are not delayed)")
     max_body_bytes: int = Field(20_000, ge=256)
     dedupe_window_seconds: int = Field(1800, ge=1)
 

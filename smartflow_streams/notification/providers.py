@@ -26,7 +26,9 @@ Invariants and limits:
 * Rate limiting (:class:`~smartflow_streams.notification.limiter.RateLimiter`, per webhook URL, default 5/s and
   100/min): always applied to ``bot`` webhooks (Feishu's documented per-bot quota), applied to ``flow`` webhooks
   only when ``settings.rate_limit_enabled``. The wait happens before the request and is reported in
-  ``SendResult.rate_limit_wait_seconds``; the signature timestamp is taken after the wait.
+  ``SendResult.rate_limit_wait_seconds``; the signature timestamp is taken after the wait. A wait longer than
+  ``settings.rate_limit_max_wait_seconds`` (1 s) is not slept: the attempt is ``temporary_fail``
+  ``rate_limited_local`` with the wait as ``retry_after_seconds``, and nothing is sent.
 * ``send`` never raises for delivery problems (only :class:`asyncio.CancelledError` propagates); unexpected
   errors become ``temporary_fail`` ``network_error`` as upstream (spec 9.4 step 3).
 """
@@ -56,7 +58,7 @@ import aiohttp
 from config import NotificationSettings
 from smartflow_streams.errors import ContractError
 from smartflow_streams.masking import SECRETS, mask_webhook_url, scrub_text
-from smartflow_streams.notification.limiter import RateLimiter
+from smartflow_streams.notification.limiter import RateLimiter, RateLimitWait
 
 logger = logging.getLogger(__name__)
 
@@ -534,7 +536,13 @@ class WebhookProvider:
         if size > self._settings.max_body_bytes:
             message = f"request body is {size} bytes (UTF-8), limit {self._settings.max_body_bytes}"
             return SendResult(Outcome.PERMANENT, "payload_too_large", message, request_json=_audit_body(body))
-        waited = await self._wait_for_slot(channel, url)
+        try:
+            waited = await self._wait_for_slot(channel, url)
+        except RateLimitWait as over:
+            return SendResult(Outcome.TEMPORARY, "rate_limited_local",
+                              f"webhook rate limit: next slot in {over.wait_seconds:.1f}s, not waiting longer than "
+                              f"{self._settings.rate_limit_max_wait_seconds:g}s", request_json=_audit_body(body),
+                              retry_after_seconds=over.wait_seconds, rate_limit_wait_seconds=0.0)
         if waited > 0:
             body = self._body(channel, req)  # fresh sent_at / signature timestamp after the wait
         exchange = await self._post(url, self._headers(channel), encode_body(body), redact)
@@ -563,7 +571,7 @@ class WebhookProvider:
     async def _wait_for_slot(self, channel: ChannelConfig, url: str) -> float:
         if channel.kind == KIND_FLOW and not self._settings.rate_limit_enabled:
             return 0.0
-        return await self.limiter.acquire(url)
+        return await self.limiter.acquire(url, max_wait=self._settings.rate_limit_max_wait_seconds)
 
     async def _session_for_send(self) -> aiohttp.ClientSession:
         if self._session is None or (self._owns_session and self._session.closed):
