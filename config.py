@@ -123,6 +123,9 @@ class NotificationSettings(BaseModel):
     rate_limit_max_wait_seconds: float = Field(
         1.0, ge=0, description="longest a send waits for its webhook's rate-limit slot; a longer wait is a temporary "
         "failure with that wait as retry-after (the slot is not held, other users' sends are not delayed)")
+    channel_test_interval_seconds: float = Field(
+        10.0, ge=0, description="one channel test send per user per this many seconds (a sooner one is HTTP 429 "
+        "with Retry-After)")
     max_body_bytes: int = Field(20_000, ge=256)
     dedupe_window_seconds: int = Field(1800, ge=1)
 

@@ -13,9 +13,9 @@ Two webhook kinds share one provider (:class:`ChannelConfig.kind`):
 Invariants and limits:
 
 * The webhook URL (its path token is the credential), the bearer token and the signing secret never appear in a
-  :class:`SendResult`, an exception message or a log line: they are registered with
-  :data:`smartflow_streams.masking.SECRETS` before use, ``request_json`` is the body without ``sign``, error
-  texts are redacted, and the one debug line per send carries only the masked URL.
+  :class:`SendResult`, an exception message or a log line: every error text of a send is redacted of that
+  channel's credentials (they are not added to the process-wide registry, which users could otherwise grow),
+  ``request_json`` is the body without ``sign``, and the one debug line per send carries only the masked URL.
 * URLs are validated again at send time (:func:`validate_webhook_url`); a violation is ``permanent_fail``
   ``invalid_url`` and nothing is sent. Redirects are not followed (a 3xx is ``payload_invalid``), so a response
   can never steer the request to a host outside ``allowed_hosts``.
@@ -57,7 +57,7 @@ import aiohttp
 
 from config import NotificationSettings
 from smartflow_streams.errors import ContractError
-from smartflow_streams.masking import SECRETS, mask_webhook_url, scrub_text
+from smartflow_streams.masking import mask_webhook_url, scrub_text
 from smartflow_streams.notification.limiter import RateLimiter, RateLimitWait
 
 logger = logging.getLogger(__name__)
@@ -417,7 +417,8 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
 
 
 class _Redactor:
-    """Replaces one channel's credentials in free text (on top of the process-wide SECRETS registry)."""
+    """Replaces one channel's credentials in free text (on top of the process-wide registry of configured
+    secrets): the per-send redaction; nothing of the channel is registered globally."""
 
     _MIN_LEN = 4
 
@@ -433,12 +434,6 @@ class _Redactor:
             text = text.replace(secret, replacement)
         text = scrub_text(text)
         return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _register_secrets(channel: ChannelConfig, url: str) -> None:
-    SECRETS.add_webhook_url(url)
-    SECRETS.add(channel.bearer_token)
-    SECRETS.add(channel.sign_secret)
 
 
 async def _read_limited(stream: aiohttp.StreamReader, limit: int) -> bytes:
@@ -519,7 +514,6 @@ class WebhookProvider:
         if channel is None or not channel.enabled or not url:
             result = SendResult(Outcome.SKIPPED, "recipient_missing", "feishu webhook is not configured or disabled")
             return self._logged(channel, req, url, result)
-        _register_secrets(channel, url)
         redact = _Redactor(channel, url)
         result = await self._attempt(channel, req, url, redact)
         return self._logged(channel, req, url, result)

@@ -45,8 +45,8 @@ def _ids(body: dict[str, Any]) -> list[int] | None | str:
         return None
     ids = body.get("ids")
     if (not isinstance(ids, list) or not ids or len(ids) > MAX_REQUEUE_IDS
-            or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in ids)):
-        return f"{REQUEUE_BODY}; ids: 1 to {MAX_REQUEUE_IDS} positive integers"
+            or not all(isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**63 for i in ids)):
+        return f"{REQUEUE_BODY}; ids: 1 to {MAX_REQUEUE_IDS} positive integers below 2**63"
     return ids
 
 

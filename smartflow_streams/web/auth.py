@@ -45,7 +45,13 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 def _same(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+    """Constant-time comparison; a header that is not valid UTF-8 (aiohttp hands it over with surrogate escapes)
+    matches nothing."""
+    try:
+        given_bytes = given.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(given_bytes, expected.encode("utf-8"))
 
 
 def check_admin(settings: Settings, authorization: str | None) -> Denial | None:
