@@ -229,7 +229,27 @@ class Settings(BaseSettings):
         data["database_url"] = mask_database_url(self.database_url)
         data["admin_token"] = "****" if self.admin_token else None
         data["api_tokens"] = {"****": uid for uid in self.api_tokens.values()}
+        data["faust"] = {key: _mask_faust_value(key, value) for key, value in data.get("faust", {}).items()}
         return data
+
+
+_CREDENTIAL_NAME = ("credential", "password", "passwd", "secret", "token", "sasl", "ssl", "auth", "key")
+
+
+def _mask_faust_value(name: str, value: Any) -> Any:
+    """A Faust pass-through setting as shown by ``smartflow config``: values of credential-like settings
+    (``broker_credentials``, ``*_password``, ``ssl_context``, ...) become ``****``; URLs lose their passwords."""
+    from smartflow_streams.masking import mask_database_url
+
+    if value in (None, "", {}, []):
+        return value
+    if any(part in name.lower() for part in _CREDENTIAL_NAME):
+        return "****"
+    if isinstance(value, str):
+        return mask_database_url(value)
+    if isinstance(value, list):
+        return [mask_database_url(v) if isinstance(v, str) else v for v in value]
+    return value
 
 
 def _coerce_scalar(value: Any) -> Any:

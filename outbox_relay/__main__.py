@@ -21,6 +21,7 @@ from outbox_relay.relay import Relay
 from smartflow_streams.db.engine import create_engine
 from smartflow_streams.db.schema import upgrade_schema
 from smartflow_streams.logs import setup_logging
+from smartflow_streams.masking import scrub_error
 
 log = logging.getLogger("outbox_relay")
 
@@ -33,8 +34,10 @@ async def _metrics_server(settings: Settings, relay: Relay) -> web.AppRunner | N
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def health_view(_request: web.Request) -> web.Response:
+        tables = {t.route.service_name: {**vars(t.stats), "last_error": scrub_error(t.stats.last_error)}
+                  for t in relay.tables}  # an exception text may hold a DB URL or row data: scrubbed when served
         return web.json_response({"status": "ok", "owner": relay.owner, "topics_ready": relay.topics_ready,
-                                  "tables": {t.route.service_name: vars(t.stats) for t in relay.tables}})
+                                  "tables": tables})
 
     app = web.Application()
     app.router.add_get("/metrics", metrics_view)

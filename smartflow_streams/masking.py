@@ -36,9 +36,46 @@ def mask_webhook_url(url: str | None) -> str:
     return urlunsplit((parts.scheme, host, masked_path, "", ""))
 
 
+_SECRET_QUERY_KEYS = re.compile(r"(?i)pass|pwd|secret|token|key|credential")
+_URL_PASSWORD_RE = re.compile(r"(://[^:/@\s]*:)[^\s/]*@")  # user:password@ (password up to the LAST @ of the netloc)
+_QUERY_SECRET_RE = re.compile(r"(?i)([?&;](?:[a-z_]*(?:pass|pwd|secret|token|credential)[a-z_]*)=)[^&;\s'\"]*")
+
+
 def mask_database_url(url: str) -> str:
-    """``mysql+aiomysql://app:secret@h/db`` -> ``mysql+aiomysql://app:****@h/db``."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1****@", url)
+    """A database URL (or free text holding one) with its password masked.
+
+    A parseable URL goes through SQLAlchemy's own rendering (``render_as_string(hide_password=True)``; also
+    ``://:secret@``) and query parameters whose name looks like a credential (``password``, ``pwd``, ``secret``,
+    ``token``, ...) become ``****``. Free text (an error message), and a URL with more than one ``@`` before its
+    path (``app:p@ss@db``: SQLAlchemy would split at the first ``@``), get the same by pattern: everything between
+    ``user:`` and the last ``@`` of the address, and ``?password=...``-style parameters."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    text = url.strip()
+    netloc = text.partition("://")[2].partition("/")[0]
+    if text and not any(ch.isspace() for ch in text) and netloc.count("@") <= 1:
+        try:
+            parsed = make_url(text)
+        except (ArgumentError, ValueError):
+            parsed = None
+        if parsed is not None:
+            query = {k: ("****" if _SECRET_QUERY_KEYS.search(k) else v) for k, v in parsed.query.items()}
+            rendered = parsed.set(query=query).render_as_string(hide_password=True)
+            return rendered.replace(":***@", ":****@").replace("%2A%2A%2A%2A", "****")
+    return _QUERY_SECRET_RE.sub(r"\1****", _URL_PASSWORD_RE.sub(r"\1****@", url))
+
+
+_SQL_PARAMETERS_RE = re.compile(r"\[parameters: .*?(?=\(Background on this error|\Z)", re.S)  # to the end if need be
+
+
+def scrub_error(text: str) -> str:
+    """An error text as it may be stored or served: registered secrets and bearer credentials masked
+    (:func:`scrub_text`), database URL passwords masked, and any SQLAlchemy ``[parameters: ...]`` section (row data
+    of the failed statement; the engines set ``hide_parameters=True``, this also cleans texts stored before)
+    replaced by ``[parameters hidden]``, up to SQLAlchemy's ``(Background on this error ...)`` or the end of the
+    text (parameters may contain any character, so nothing after them is trusted)."""
+    return scrub_text(mask_database_url(_SQL_PARAMETERS_RE.sub("[parameters hidden]", text)))
 
 
 def mask_token(token: str | None) -> str:

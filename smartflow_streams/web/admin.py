@@ -1,7 +1,8 @@
 """Outbox status and dead-letter admin views (JSON).
 
 Routes:
-- ``GET /outbox/``: open (read-only status, like ``/metrics``): :func:`smartflow_streams.web.queries.snapshot`.
+- ``GET /outbox/``: open (read-only status, like ``/metrics``): :func:`smartflow_streams.web.queries.snapshot`,
+  read at most once per 2 s (:class:`smartflow_streams.web.queries.SnapshotCache`).
 - Admin (``Authorization: Bearer <SMARTFLOW_ADMIN_TOKEN>``; see :mod:`smartflow_streams.web.auth`):
   ``GET /admin/dead/{service}/?limit=&event_type=&reason=``, ``POST /admin/dead/{service}/requeue`` with
   ``{"ids": [...]}`` or ``{"all": true}``, ``POST /admin/purge/{service}`` with ``{"older_than_days": N}``,
@@ -29,7 +30,7 @@ from faust.web import View
 
 from smartflow_streams.outbox import admin as outbox_admin
 from smartflow_streams.web.auth import admin_actor, check_admin
-from smartflow_streams.web.queries import scrub_rows, service_has_table, snapshot
+from smartflow_streams.web.queries import SnapshotCache, scrub_rows, service_has_table
 from smartflow_streams.web.responses import error_response, json_response, query_int, read_json_object
 
 log = logging.getLogger(__name__)
@@ -88,10 +89,12 @@ def define_admin_views(app: faust.App, runtime: Any) -> None:
         log.warning("admin %s failed", what, exc_info=True)
         return error_response(500, "internal error")
 
+    outbox_cache = SnapshotCache()
+
     @app.page("/outbox/")
     async def outbox_status(self: View, request: web.Request) -> web.Response:
         try:
-            data = await snapshot(runtime.engine, runtime.consumption, settings.worker.services)
+            data = await outbox_cache.get(runtime.engine, runtime.consumption, settings.worker.services)
         except Exception:  # noqa: BLE001
             log.warning("outbox overview failed", exc_info=True)
             return error_response(503, "outbox overview unavailable (database?)")

@@ -34,7 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from smartflow_streams import metrics
 from smartflow_streams.catalog import registry
-from smartflow_streams.masking import mask_database_url, scrub_text
+from smartflow_streams.masking import scrub_error
 from smartflow_streams.outbox import admin as outbox_admin
 from smartflow_streams.web.queries import NOTIFICATION_STATUSES, notification_counts
 from smartflow_streams.web.responses import json_response
@@ -60,7 +60,7 @@ def install_prometheus_sensors(app: faust.App) -> None:
 
 
 def brief_error(exc: BaseException) -> str:
-    text = scrub_text(mask_database_url(str(exc)))
+    text = scrub_error(str(exc))
     return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
 
 
