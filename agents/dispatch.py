@@ -12,7 +12,10 @@ Invariants:
 - Recording a failure is retried for up to ~30 s (DB restarting). If it still fails, the message is acked with the
   row left ``published``; the relay's stale-published sweep (``relay.republish_after_seconds``, default 600 s)
   republishes it, so nothing is lost, only delayed. That is the documented answer to "a failure to record a
-  failure".
+  failure". An unroutable message (no usable ``outbox_id``) has no row to republish, so storing it is retried
+  until it succeeds (backoff 0.25 s doubling, capped at ``RECORD_MAX_DELAY`` 8 s; an error line every 8 attempts):
+  its batch does not return, so the agent does not ack past it (the agent's partitions are paused behind it)
+  until the database is back; a worker stopped meanwhile leaves it uncommitted and it is redelivered.
 - Duplicates (same outbox id again) are no-ops: the consumption-state table answers first, the row status
   (``consumed``/``dead`` under a row lock) decides.
 - Batches (:meth:`Dispatcher.handle_batch`): events of one (partition, message key) run in offset order; different
@@ -55,6 +58,7 @@ from smartflow_streams.outbox.repository import ConsumeOutcome, OutboxRepository
 log = logging.getLogger("agents")
 
 RECORD_ATTEMPTS = 8  # 0.25 s doubling, capped at 8 s: about 30 s in all
+RECORD_MAX_DELAY = 8.0
 
 
 class ConsumptionState(Protocol):
@@ -367,25 +371,36 @@ class Dispatcher:
 
         log.warning("agent %s: unroutable message at %s:%d@%d: %s", service, pos.topic, pos.partition, pos.offset,
                     reason)
-        return "unroutable" if await self._record(write, service, 0) else "unrecorded"
+        await self._record(write, service, 0, until_written=True)
+        return "unroutable"
 
-    async def _record(self, write: Callable[[], Awaitable[None]], service: str, outbox_id: int) -> bool:
+    async def _record(self, write: Callable[[], Awaitable[None]], service: str, outbox_id: int, *,
+                      until_written: bool = False) -> bool:
+        """Run ``write`` until it succeeds: ``RECORD_ATTEMPTS`` (8, ~30 s) times, or with ``until_written`` for as
+        long as it takes (only cancellation ends it)."""
         delay = 0.25
-        for attempt in range(1, RECORD_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 await write()
+                if attempt > RECORD_ATTEMPTS:
+                    log.warning("agent %s: unroutable message stored after %d attempts", service, attempt)
                 return True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                if attempt == RECORD_ATTEMPTS:
-                    log.error("agent %s: could not record the failure of outbox_id=%d after %d attempts (%s); the "
-                              "row stays published and the relay's stale-published sweep will republish it",
-                              service, outbox_id, attempt, exc)
-                    return False
+                if attempt % RECORD_ATTEMPTS == 0:
+                    if not until_written:
+                        log.error("agent %s: could not record the failure of outbox_id=%d after %d attempts (%s); "
+                                  "the row stays published and the relay's stale-published sweep will republish "
+                                  "it", service, outbox_id, attempt, type(exc).__name__)
+                        return False
+                    log.error("agent %s: could not store an unroutable message after %d attempts (%s); not "
+                              "acknowledging it, retrying every %g s", service, attempt, type(exc).__name__,
+                              RECORD_MAX_DELAY)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 8.0)
-        return False
+                delay = min(delay * 2, RECORD_MAX_DELAY)
 
     def _remember(self, service: str, outbox_id: int, status: str, counted: bool = True) -> None:
         if self.consumption is None:
