@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 ENV_PREFIX = "SMARTFLOW_"
+MIN_TOKEN_CHARS = 8  # admin and API tokens; the log scrubber masks strings of 8 characters or more
 
 
 class ConfigError(ValueError):
@@ -117,6 +118,9 @@ class NotificationSettings(BaseModel):
         default_factory=lambda: ["feishu.cn", "www.feishu.cn", "open.feishu.cn", "open.larksuite.com"]
     )
     allow_plain_http: bool = Field(False, description="allow http:// webhooks (tests on 127.0.0.1 only)")
+    allowed_ports: list[int] = Field(
+        default_factory=list, description="with allow_plain_http: the only ports a webhook URL may name (empty: "
+        "any port but this worker's own web port and the relay's metrics port); the demo pins its receiver's")
     rate_limit_enabled: bool = True
     rate_per_second: float = Field(5.0, gt=0)
     rate_per_minute: float = Field(100.0, gt=0)
@@ -163,6 +167,23 @@ class Settings(BaseSettings):
     notification: NotificationSettings = Field(default_factory=NotificationSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     faust: dict[str, Any] = Field(default_factory=dict, description="pass-through faust.App settings")
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value() and len(value.get_secret_value()) < MIN_TOKEN_CHARS:
+            raise ValueError(f"SMARTFLOW_ADMIN_TOKEN must be at least {MIN_TOKEN_CHARS} characters (shorter ones "
+                             "cannot be masked in logs); leave it empty to disable the admin routes")
+        return value
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _check_api_tokens(cls, value: dict[str, int]) -> dict[str, int]:
+        short = [uid for token, uid in value.items() if len(token) < MIN_TOKEN_CHARS]
+        if short:
+            raise ValueError(f"SMARTFLOW_API_TOKENS: the token(s) of user(s) {sorted(short)} are shorter than "
+                             f"{MIN_TOKEN_CHARS} characters (they could not be masked in logs)")
+        return value
 
     @field_validator("kafka_bootstrap")
     @classmethod

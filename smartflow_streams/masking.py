@@ -18,21 +18,34 @@ from urllib.parse import urlsplit, urlunsplit
 import ahocorasick_rs
 
 
+WEBHOOK_PATH_PREFIXES = ("/flow/api/trigger-webhook/", "/open-apis/bot/v2/hook/")
+
+
+def _mask_part(text: str) -> str:
+    return "****" if len(text) <= 8 else f"{text[:4]}...{text[-4:]}"
+
+
 def mask_webhook_url(url: str | None) -> str:
+    """Scheme, host, port and the fixed path prefix kept; everything after the prefix masked as ONE part (so a
+    trailing ``/`` or an extra segment cannot leave the token whole): its first 4 and last 4 characters joined
+    by ``...``, or ``****`` when 8 characters or fewer. A path without a known prefix keeps only its first
+    segment. Query and fragment are dropped."""
     if not url:
         return ""
     try:
         parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
     except ValueError:
         return "****"
     path = parts.path
-    head, sep, last = path.rpartition("/")
-    if last:
-        last = "****" if len(last) <= 8 else f"{last[:4]}...{last[-4:]}"
-    masked_path = f"{head}{sep}{last}" if sep else last
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    prefix = next((p for p in WEBHOOK_PATH_PREFIXES if path.startswith(p)), None)
+    if prefix is None:
+        first, sep, _rest = path.lstrip("/").partition("/")
+        prefix = f"/{first}/" if sep else "/"
+    rest = path[len(prefix):]
+    masked_path = prefix + (_mask_part(rest) if rest else "")
     return urlunsplit((parts.scheme, host, masked_path, "", ""))
 
 

@@ -34,6 +34,9 @@ class WorkerRuntime:
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._notifications: NotificationService | None = None
         self._dispatcher: Any = None
+        from smartflow_streams.web.auth import AuthFailures
+
+        self.auth_failures = AuthFailures()  # shared by the admin routes and the APIs (one count per client)
 
     @property
     def engine(self) -> AsyncEngine:

@@ -3,7 +3,9 @@ rules; per-request redaction."""
 
 from __future__ import annotations
 
-from smartflow_streams.masking import MAX_SECRET_CHARS, SecretRegistry, redact
+import pytest
+
+from smartflow_streams.masking import MAX_SECRET_CHARS, SecretRegistry, mask_webhook_url, redact
 
 
 def test_scrub_replaces_every_registered_secret_longest_first() -> None:
@@ -67,3 +69,18 @@ def test_redact_replaces_one_requests_credentials_longest_first() -> None:
     text = "POST https://h/hook/tok-abcdef-1234 with Bearer abc and tok-abcdef-1234x sign sec"
     assert redact(text, ["tok-abcdef-1234", "tok-abcdef-1234x", "sec", None, ""]) == (
         "POST https://h/hook/**** with Bearer abc and **** sign sec")  # "sec": under 4 characters, kept
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    ("https://open.feishu.cn/open-apis/bot/v2/hook/0123456789abcdef",
+     "https://open.feishu.cn/open-apis/bot/v2/hook/0123...cdef"),
+    ("https://open.feishu.cn/open-apis/bot/v2/hook/0123456789abcdef/",  # trailing "/": the token stays masked
+     "https://open.feishu.cn/open-apis/bot/v2/hook/0123...def/"),
+    ("https://www.feishu.cn/flow/api/trigger-webhook/0123456789abcdef/more?k=v",  # a segment after the token
+     "https://www.feishu.cn/flow/api/trigger-webhook/0123...more"),
+    ("https://www.feishu.cn/flow/api/trigger-webhook/short", "https://www.feishu.cn/flow/api/trigger-webhook/****"),
+    ("http://127.0.0.1:8080/any/secret-path-here/", "http://127.0.0.1:8080/any/secr...ere/"),
+])
+def test_webhook_mask_hides_everything_after_the_fixed_prefix(url: str, masked: str) -> None:
+    assert mask_webhook_url(url) == masked
+    assert "456789ab" not in mask_webhook_url(url)

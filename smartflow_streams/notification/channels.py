@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -146,6 +147,7 @@ async def put_channel(engine: AsyncEngine, settings: Settings, user_id: int, bod
         raise ChannelError(40005, f"wrong parameter: webhook_kind must be one of {KINDS}, msg_type one of {MSG_TYPES}")
     try:
         validate_webhook_url(url, kind, settings.notification)
+        _refuse_own_ports(url, settings)
     except InvalidWebhookURL as exc:
         raise ChannelError(40005, f"wrong parameter: webhook_url ({exc})") from None
     enabled = body.get("enabled")
@@ -162,6 +164,19 @@ async def put_channel(engine: AsyncEngine, settings: Settings, user_id: int, bod
         else:
             await conn.execute(sa.update(channels).where(channels.c.id == existing["id"]).values(**values))
         return view(await _row(conn, user_id))
+
+
+def _refuse_own_ports(url: str, settings: Settings) -> None:
+    """With ``allow_plain_http`` (tests, demo) a loopback webhook could aim at this worker's own routes (admin,
+    APIs) or the relay's: refuse the worker's web port and the relay's metrics port on any loopback host."""
+    if not settings.notification.allow_plain_http:
+        return
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if host in ("127.0.0.1", "localhost", "::1", "0.0.0.0") or host.startswith("127."):
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+        if port in (settings.worker.web_port, settings.relay.metrics_port):
+            raise InvalidWebhookURL("webhook URL must not point at this service's own ports")
 
 
 async def delete_channel(engine: AsyncEngine, user_id: int) -> dict[str, Any]:

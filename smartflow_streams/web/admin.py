@@ -70,14 +70,20 @@ def _audit_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def define_admin_views(app: faust.App, runtime: Any) -> None:
     settings = runtime.settings
 
+    failures = runtime.auth_failures
+
     def denied(request: web.Request) -> web.Response | None:
-        denial = check_admin(settings, request.headers.get("Authorization"))
+        client = request.remote or "-"
+        denial = failures.throttled(client) or check_admin(settings, request.headers.get("Authorization"))
         if denial is None:
             return None
-        headers = {"WWW-Authenticate": "Bearer"} if denial.status == 401 else None
+        if denial.status == 401:
+            failures.failed(client)
         response = error_response(denial.status, denial.message)
-        if headers:
-            response.headers.update(headers)
+        if denial.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        if denial.retry_after is not None:
+            response.headers["Retry-After"] = str(denial.retry_after)
         return response
 
     async def unknown(service: str) -> web.Response | None:

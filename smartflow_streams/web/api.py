@@ -109,8 +109,15 @@ def define_api_views(app: faust.App, runtime: Any) -> None:
 
     async def answer(request: web.Request, action: Callable[[int], Awaitable[Any]], what: str,
                      redact_failure: Callable[[str], str] | None = None) -> web.Response:
+        client = request.remote or "-"
+        throttled = runtime.auth_failures.throttled(client)
+        if throttled is not None:
+            response = json_response({"status": "42900", "info": throttled.message}, 429)
+            response.headers["Retry-After"] = str(throttled.retry_after)
+            return response
         user = api_user(settings, request.headers.get("Authorization"))
         if user is None:
+            runtime.auth_failures.failed(client)
             return upstream_error(UNAUTHORIZED, "unauthorized: missing or unknown bearer token")
         try:
             data = await asyncio.wait_for(action(user), REQUEST_TIMEOUT)

@@ -897,3 +897,18 @@ async def test_a_rate_limit_wait_over_one_second_is_a_temporary_failure_not_a_sl
     assert (third.outcome, third.error_code) == (Outcome.TEMPORARY, "rate_limited_local")
     assert third.retry_after_seconds == pytest.approx(60.0, abs=2.0)
     assert len(feishu.requests) == 2  # nothing sent for the third
+
+
+def test_permissive_mode_pins_ports_when_configured() -> None:
+    pinned = settings(allowed_ports=[8080])
+    validate_webhook_url("http://127.0.0.1:8080/hook/x", "flow", pinned)
+    for url in ("http://127.0.0.1:6066/admin/dead/task/requeue", "http://127.0.0.1/x"):
+        with pytest.raises(InvalidWebhookURL, match="allowed_ports"):
+            validate_webhook_url(url, "flow", pinned)
+
+
+@pytest.mark.parametrize("path", ["/flow/api/trigger-webhook/abc/", "/flow/api/trigger-webhook/abc/extra",
+                                  "/flow/api/trigger-webhook/"])
+def test_strict_flow_url_has_exactly_one_token_segment(path: str) -> None:
+    with pytest.raises(InvalidWebhookURL, match="one token segment"):
+        validate_webhook_url(f"https://www.feishu.cn{path}", "flow", NotificationSettings())
