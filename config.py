@@ -95,6 +95,13 @@ class WorkerSettings(BaseModel):
     batched_handlers: bool = Field(
         True, description="handlers that can (both contract events) process a whole batch in a few multi-row "
         "statements; false = one event at a time (the reference path, also the fallback when a batch fails)")
+    auth_failures_per_minute: int = Field(
+        20, ge=0, description="failed bearer checks (a wrong token) one client address may make in 60 s before its "
+        "admin/API requests are answered 429 with Retry-After; 0 disables the throttle")
+    verify_messages: bool = Field(
+        False, description="check every consumed message against its outbox row (event type, version, payload) "
+        "before acting on it; a mismatch is stored as a dead message, the row untouched. Off: whoever can write "
+        "to a topic can notify any user (broker ACLs are the trust boundary). Cost: one SELECT per batch")
     consumption_state_seconds: int = Field(
         3600, ge=60, description="how long the consumption-state table remembers a consumed/dead outbox id (relay "
         "duplicates arrive within minutes; older ones are decided by the database); memory ~0.3 KB per entry")

@@ -38,6 +38,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
@@ -49,7 +50,7 @@ from faust.streams import _current_event
 
 from smartflow_streams import clock, metrics
 from smartflow_streams.catalog import RouteRegistry, registry as default_registry
-from smartflow_streams.contracts.envelope import KafkaEnvelope, try_outbox_id
+from smartflow_streams.contracts.envelope import KafkaEnvelope, OutboxEventShell, try_outbox_id
 from smartflow_streams.db.models import outbox_dead_messages
 from smartflow_streams.errors import ContractError, RouteNotRegisteredError, is_retriable
 from smartflow_streams.handlers import HandlerContext, HandlerRegistry, HandlerSpec, handlers as default_handlers
@@ -127,12 +128,17 @@ class Dispatcher:
         outcomes = [""] * len(events)
         verdicts: list[Ready | Rejected | None] = [None] * len(events)
         rest = list(range(len(events)))
+        if self.runtime.settings.worker.verify_messages:
+            for index, event in enumerate(events):
+                _current_event.set(weakref.ref(event))
+                verdicts[index] = self._classify(service, event.value or b"")
+            await self._verify(service, verdicts)
         if self.runtime.settings.worker.batched_handlers:
             rest, batches = [], {}
             seen: set[int] = set()
             for index, event in enumerate(events):
                 _current_event.set(weakref.ref(event))  # the accelerators read the event's partition
-                verdict = verdicts[index] = self._classify(service, event.value or b"")
+                verdict = verdicts[index] = verdicts[index] or self._classify(service, event.value or b"")
                 if (isinstance(verdict, Ready) and getattr(verdict.spec.fn, "batch", None) is not None
                         and verdict.env.outbox_id not in seen):
                     seen.add(verdict.env.outbox_id)
@@ -146,6 +152,29 @@ class Dispatcher:
         await self._one_by_one(service, events, rest, verdicts, outcomes)
         self._flush(service, events)
         return outcomes
+
+    async def _verify(self, service: str, verdicts: list[Ready | Rejected | None]) -> None:
+        """``worker.verify_messages``: each ready message must match its outbox row (event type, version and
+        payload, compared as JSON values); one SELECT per batch. A message that does not (or whose row does not
+        exist) becomes ``unroutable``: stored in ``outbox_dead_messages`` with the reason, the row untouched (a
+        forged message must not be able to kill a genuine row; the genuine message still arrives or is
+        republished). A failed read leaves the verdicts as they are and raises (the batch is redelivered)."""
+        ready = [(i, v) for i, v in enumerate(verdicts) if isinstance(v, Ready)]
+        if not ready:
+            return
+        table = self.repo(service).table
+        ids = sorted({v.env.outbox_id for _i, v in ready})
+        async with self.runtime.engine.connect() as conn:
+            rows = {int(r.id): r.payload for r in await conn.execute(
+                sa.select(table.c.id, table.c.payload).where(table.c.id.in_(ids)))}
+        for index, verdict in ready:
+            outbox_id = verdict.env.outbox_id
+            problem = _mismatch(verdict.env, rows.get(outbox_id))
+            if problem:
+                log.warning("agent %s: outbox_id=%d: message does not match its outbox row (%s)", service,
+                            outbox_id, problem)
+                verdicts[index] = Rejected("unroutable", f"message does not match outbox row {outbox_id}: "
+                                                         f"{problem}", outbox_id)
 
     def _flush(self, service: str, events: list[Any]) -> None:
         """Write what the Faust-table accelerators buffered during the batch: once per partition, with one of that
@@ -409,6 +438,20 @@ class Dispatcher:
             self.consumption.record(service, outbox_id, status, counted)
         except Exception:  # noqa: BLE001 - an accelerator failure must never fail the message
             log.debug("consumption-state write failed", exc_info=True)
+
+
+def _mismatch(env: KafkaEnvelope, stored: str | None) -> str:
+    """Why ``env`` does not carry what its outbox row holds ("" when it does)."""
+    if stored is None:
+        return "no such row"
+    try:
+        shell = OutboxEventShell.parse(stored)
+        same_payload = json.loads(env.payload) == json.loads(shell.payload)
+    except (ContractError, ValueError):
+        return "row payload unreadable"
+    if shell.event_type != env.event_type or shell.event_version != env.event_version:
+        return "event type or version differs"
+    return "" if same_payload else "payload differs"
 
 
 def _outcome_label(result: Any) -> str:

@@ -36,7 +36,8 @@ class WorkerRuntime:
         self._dispatcher: Any = None
         from smartflow_streams.web.auth import AuthFailures
 
-        self.auth_failures = AuthFailures()  # shared by the admin routes and the APIs (one count per client)
+        # shared by the admin routes and the APIs (one count per client address)
+        self.auth_failures = AuthFailures(limit=settings.worker.auth_failures_per_minute)
 
     @property
     def engine(self) -> AsyncEngine:

@@ -29,7 +29,7 @@ from aiohttp import web
 from faust.web import View
 
 from smartflow_streams.outbox import admin as outbox_admin
-from smartflow_streams.web.auth import admin_actor, check_admin
+from smartflow_streams.web.auth import admin_actor, bearer_token, check_admin
 from smartflow_streams.web.queries import SnapshotCache, scrub_rows, service_has_table
 from smartflow_streams.web.responses import error_response, json_response, query_int, read_json_object
 
@@ -77,8 +77,8 @@ def define_admin_views(app: faust.App, runtime: Any) -> None:
         denial = failures.throttled(client) or check_admin(settings, request.headers.get("Authorization"))
         if denial is None:
             return None
-        if denial.status == 401:
-            failures.failed(client)
+        if denial.status == 401 and bearer_token(request.headers.get("Authorization")) is not None:
+            failures.failed(client)  # a wrong token, not a missing one
         response = error_response(denial.status, denial.message)
         if denial.status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"

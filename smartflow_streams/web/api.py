@@ -45,7 +45,7 @@ from smartflow_streams.notification.channels import (
 )
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger
 from smartflow_streams.timefmt import parse_go_time
-from smartflow_streams.web.auth import api_user
+from smartflow_streams.web.auth import api_user, bearer_token
 from smartflow_streams.web.responses import (
     INTERNAL, MISSING_PARAM, UNAUTHORIZED, WRONG_PARAM, json_response, read_json_object, upstream_error,
     upstream_ok,
@@ -117,7 +117,8 @@ def define_api_views(app: faust.App, runtime: Any) -> None:
             return response
         user = api_user(settings, request.headers.get("Authorization"))
         if user is None:
-            runtime.auth_failures.failed(client)
+            if bearer_token(request.headers.get("Authorization")) is not None:
+                runtime.auth_failures.failed(client)  # a wrong token, not a missing one
             return upstream_error(UNAUTHORIZED, "unauthorized: missing or unknown bearer token")
         try:
             data = await asyncio.wait_for(action(user), REQUEST_TIMEOUT)

@@ -8,9 +8,10 @@ Invariants:
   token never lands in an access log or a browser history).
 - API tokens map to user ids > 0 only; anything else is "no user" (upstream 40014).
 - The audit actor is ``"admin:" + X-Actor`` (printable, at most 64 characters, secrets scrubbed) or ``"admin:token"``.
-- Repeated failures are throttled (:class:`AuthFailures`): after 20 failed bearer checks (401) within 60 s from
-  one client address, that address gets 429 with ``Retry-After`` for every admin/API request until the oldest
-  failure leaves the 60 s window (at most 10,000 addresses tracked, least recent dropped).
+- Repeated failures are throttled (:class:`AuthFailures`): after ``worker.auth_failures_per_minute`` (20) wrong
+  bearer tokens within 60 s from one client address (a missing header is a plain 401 and not counted), that
+  address gets 429 with ``Retry-After`` for every admin/API request until the oldest failure leaves the 60 s
+  window (at most 10,000 addresses tracked, least recent dropped; limit 0 disables it).
 - :func:`register_secrets` puts every configured token into :data:`smartflow_streams.masking.SECRETS` (logs) and
   :data:`smartflow_streams.web.responses.SERVED_SECRETS` (bodies), so neither can echo one.
 """
@@ -67,6 +68,8 @@ class AuthFailures:
 
     def retry_after(self, client: str) -> float | None:
         """Seconds until ``client`` may try again, or ``None`` when it is not throttled."""
+        if self.limit <= 0:
+            return None
         times = self._recent(client)
         if len(times) < self.limit:
             return None

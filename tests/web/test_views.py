@@ -95,7 +95,8 @@ def stack(request: pytest.FixtureRequest, kafka_bootstrap: str,
     tag, port = uuid.uuid4().hex[:8], free_port()
     env = worker_env(db.url, kafka_bootstrap, tag, port, SMARTFLOW_ADMIN_TOKEN=ADMIN,
                      SMARTFLOW_API_TOKENS=json.dumps({API: 42}),
-                     SMARTFLOW_NOTIFICATION__CHANNEL_TEST_INTERVAL_SECONDS=str(TEST_INTERVAL))
+                     SMARTFLOW_NOTIFICATION__CHANNEL_TEST_INTERVAL_SECONDS=str(TEST_INTERVAL),
+                     SMARTFLOW_WORKER__AUTH_FAILURES_PER_MINUTE="1000")  # tests/web/test_auth.py tests the throttle
     log = tmp / "worker.log"
     proc = spawn_worker(env, log)
     base = f"http://127.0.0.1:{port}"
