@@ -114,13 +114,13 @@ class NotificationSettings(BaseModel):
     sending_lease_seconds: float = Field(600.0, gt=0)
     retry_scan_every_seconds: float = Field(60.0, gt=0)
     retry_batch_size: int = Field(
-        50, ge=1, description="records per retry-scanner pass (sent in chunks of `worker.max_in_flight`)")
+        50, ge=1, description="records per retry-scanner pass (sent through the sliding window of `worker.max_in_flight`)")
     summary_max_chars: int = Field(180, ge=1)
     frontend_base_url: str = "https://smartflow.example.com"
     http_timeout_seconds: float = Field(5.0, gt=0)
     outcome_flush_seconds: float = Field(
-        0.05, ge=0, description="longest an answered POST waits for its chunk-mates before its outcome is written "
-        "(one write per chunk when all answer within it; a kill -9 may re-send what is answered but unwritten)")
+        0.05, ge=0, description="longest an answered POST waits for its window-mates before its outcome is written "
+        "(one write for all the answers of that time; a kill -9 may re-send what is answered but unwritten)")
     allowed_hosts: list[str] = Field(
         default_factory=lambda: ["feishu.cn", "www.feishu.cn", "open.feishu.cn", "open.larksuite.com"]
     )
