@@ -1,8 +1,9 @@
 """Cost of ``worker.verify_messages`` (each message checked against its outbox row) on real MariaDB, side by side.
 
 Batches of ``--batch`` (100) ``active_schedule.triggered`` events (Go-shaped rows written by ``create_trigger``)
-go through the worker's dispatcher, alternating verify off / on over ``--rounds`` (5) rounds on fresh events;
-prints the wall time per batch and per event of both, the ratio, and the statements per batch.
+go through the worker's dispatcher, alternating verify off / on over ``--rounds`` (5) rounds on fresh events
+(the order flips every round); prints the median wall time per batch and per event of both, the ratio, the
+statements per batch, and the verification step alone (classify + one SELECT + compare) timed on each batch.
 
     .venv/bin/python -m bench.verify_bench [--batch 100] [--rounds 5]
 """
@@ -65,8 +66,9 @@ async def _main(args: argparse.Namespace) -> None:
         statements: dict[bool, list[int]] = {False: [], True: []}
         user = 1
         try:
-            for _round in range(args.rounds):
-                for verify in (False, True):
+            step: list[float] = []
+            for n in range(args.rounds):
+                for verify in ((False, True) if n % 2 == 0 else (True, False)):
                     events = await _events(runtime, user, args.batch)
                     user += args.batch
                     settings.worker.verify_messages = verify
@@ -77,6 +79,10 @@ async def _main(args: argparse.Namespace) -> None:
                     times[verify].append(time.perf_counter() - started)
                     statements[verify].append(counter.count)
                     assert outcomes == ["consumed"] * len(events), outcomes[:5]
+                    verdicts = [dispatcher._classify("active-scheduler", e.value) for e in events]
+                    started = time.perf_counter()
+                    await dispatcher._verify("active-scheduler", verdicts)  # the rows exist: read-only
+                    step.append(time.perf_counter() - started)
         finally:
             await runtime.close()
     off, on = statistics.median(times[False]), statistics.median(times[True])
@@ -85,7 +91,11 @@ async def _main(args: argparse.Namespace) -> None:
     for name, value, verify in (("off", off, False), ("on", on, True)):
         print(f"{name:<16} {value * 1000:9.1f} {value * 1000 / args.batch:9.3f} "
               f"{statistics.median(statements[verify]):17.0f}")
-    print(f"ratio on/off: {on / off:.3f} (+{(on - off) * 1000 / args.batch:.3f} ms per event)")
+    print(f"ratio on/off: {on / off:.3f} ({(on - off) * 1000 / args.batch:+.3f} ms per event; noise on a shared "
+          "machine can exceed the difference)")
+    alone = statistics.median(step)
+    print(f"verification step alone: {alone * 1000:.2f} ms per batch of {args.batch} "
+          f"({alone * 1e6 / args.batch:.0f} us per event), {alone / off:.1%} of a batch without it")
 
 
 if __name__ == "__main__":
