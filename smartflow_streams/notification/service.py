@@ -97,7 +97,6 @@ class NotificationService:
         self.sessions = sessions
         self.provider = provider
         self.dedupe = dedupe
-        self._users: dict[int, int] = {}  # record id -> user id, from the batch transaction to its window
 
     async def handle_requested(self, repo: OutboxRepository, outbox_id: int, payload: Any) -> HandleResult:
         """Process one validated ``FeishuNotificationRequestedPayload`` carried by outbox row ``outbox_id``:
@@ -129,6 +128,7 @@ class NotificationService:
         remember: list[tuple[int, str, str]] = []  # (item, dedupe key, terminal status) for the cache
         waiting: dict[int, list[int]] = {}  # claimable record id -> its items (the first one "sends")
         reused_flags: dict[int, bool] = {}
+        users: dict[int, int] = {}  # record id -> its user (the window runs one send per user at a time)
         async with self.sessions() as session, session.begin():
             state = await repo.lock_for_consume(session, [outbox_id for outbox_id, _ in items])
             consumed_now: list[int] = []
@@ -152,7 +152,7 @@ class NotificationService:
             found = await records.find_or_create_many(session, [items[i][1] for i in todo], self.cfg)
             for i, (rec, reused) in zip(todo, found):
                 reused_flags[i] = reused
-                self._users[rec.id] = int(rec.row["user_id"])
+                users[rec.id] = int(rec.row["user_id"])
                 if reused:
                     metrics.notification_dedupe_hits.labels("database").inc()
                 if rec.id in waiting:
@@ -171,7 +171,7 @@ class NotificationService:
                                               deduped_by="database" if reused else "")
             await repo.mark_consumed(session, consumed_now)
         if waiting:
-            await self._claim_send_all(repo, items, waiting, reused_flags, results, remember)
+            await self._claim_send_all(repo, items, waiting, users, reused_flags, results, remember)
         if self.dedupe:
             for i, key, status in remember:
                 if activate is not None:
@@ -181,7 +181,7 @@ class NotificationService:
 
     async def _claim_send_all(
         self, repo: OutboxRepository, items: list[tuple[int, Any]],
-        waiting: dict[int, list[int]], reused_flags: dict[int, bool], results: list[Any],
+        waiting: dict[int, list[int]], users: dict[int, int], reused_flags: dict[int, bool], results: list[Any],
         remember: list[tuple[int, str, str]],
     ) -> None:
         """The sending part of :meth:`handle_requested_many`: claim, POST, record through the window. A record
@@ -190,7 +190,6 @@ class NotificationService:
             await repo.mark_consumed(session, [items[i][0] for rec, _r in outcomes for i in waiting[rec.id]])
 
         record_ids = list(waiting)
-        users = {record_id: self._users.pop(record_id, 0) for record_id in record_ids}
         recs, sent, statuses = await self._send_window([(r, users[r]) for r in record_ids], consume)
         for record_id in record_ids:
             if record_id not in recs:
