@@ -261,7 +261,7 @@ class Settings(BaseSettings):
         return data
 
 
-_CREDENTIAL_NAME = ("credential", "password", "passwd", "secret", "token", "sasl", "ssl", "auth", "key")
+_CREDENTIAL_NAME = ("credential", "password", "passwd", "secret", "token", "sasl", "ssl", "auth")
 
 
 def _mask_faust_value(name: str, value: Any) -> Any:

@@ -20,11 +20,14 @@ run in a sliding window, not in chunks: a slot is refilled (claim the next recor
 slots) as soon as an outcome is written, and each user has at most one send in flight (a user's records go one
 after another, in order). So a webhook that hangs until the HTTP timeout holds one slot, not the batch: the other
 users' records flow through the other 15 slots. A rate-limit wait over ``notification.rate_limit_max_wait_seconds``
-(1 s) is a temporary failure with retry-after instead of a sleep. In practice fewer than 16 keys are duplicated:
+(1 s) is a temporary failure with retry-after instead of a sleep, and once a user's webhook timed out in a window
+its later records of that window are not POSTed but recorded as the temporary failure ``deferred_after_timeout``
+(the retry scanner sends them after their backoff): a hanging webhook costs a batch one HTTP timeout, not one per
+record. In practice fewer than 16 keys are duplicated:
 outcomes are written as answers arrive (at most ``notification.outcome_flush_seconds``, 0.05 s, after an answer),
 so only POSTs in flight or answered in the last ~50 ms before the kill are re-sent. Limit: the batch call returns
-when its slowest user is done (one hanging user with k records in a batch: k x the HTTP timeout), so the next
-batch waits for it; the window keeps the other users of the same batch unaffected.
+when its slowest send is done (a hanging webhook: one HTTP timeout, 5 s), so the next batch waits that long; the
+window keeps the other users of the same batch unaffected.
 
 Deliberate difference from upstream: a duplicate event does not resend a ``failed`` record before its
 ``next_retry_at`` (upstream resent at once, defeating the backoff).
@@ -45,10 +48,14 @@ from config import Settings
 from smartflow_streams import metrics
 from smartflow_streams.errors import LeaseHeldError
 from smartflow_streams.notification import records
-from smartflow_streams.notification.providers import ChannelConfig, SendRequest, SendResult, WebhookProvider
+from smartflow_streams.notification.providers import (
+    ChannelConfig, Outcome, SendRequest, SendResult, WebhookProvider,
+)
 from smartflow_streams.outbox.repository import ConsumeOutcome, OutboxRepository
 
 log = logging.getLogger(__name__)
+
+DEFERRED_AFTER_TIMEOUT = "deferred_after_timeout"  # error code of a record not sent after its webhook timed out
 
 
 class DedupeCache(Protocol):
@@ -221,7 +228,8 @@ class NotificationService:
 
         Invariants: at most ``worker.max_in_flight`` records are claimed and not yet recorded at any time (the
         ``kill -9`` bound); at most one send per user is in flight, and a user's records are claimed in ``order``;
-        a slot is refilled right after the outcome write that frees it (one claim transaction for all the free
+        after a user's send timed out (``provider_timeout``) that user's remaining records are claimed and recorded
+        as ``deferred_after_timeout`` without a POST; a slot is refilled right after the outcome write that frees it (one claim transaction for all the free
         slots: claim UPDATE, read the claimed rows and their channels). Outcome writes take every answer that
         arrived before them and start ``notification.outcome_flush_seconds`` (0.05 s) after the first unwritten
         answer, or at once when no POST is left in flight; each write runs together with ``in_outcome_tx``.
@@ -233,6 +241,7 @@ class NotificationService:
         limit = max(1, self.settings.worker.max_in_flight)
         pending = list(order)
         busy: set[int] = set()  # users with a claimed, unrecorded record
+        stalled: set[int] = set()  # users whose webhook timed out in this window: the rest is deferred, not sent
         recs: dict[int, records.Record] = {}
         sent: dict[int, SendResult | Exception] = {}
         statuses: dict[int, str | None] = {}
@@ -251,6 +260,11 @@ class NotificationService:
                         recs[record_id] = rec
                         busy.add(user_id)
                         unrecorded += 1
+                        if user_id in stalled:
+                            answers.put_nowait((rec, SendResult(
+                                Outcome.TEMPORARY, DEFERRED_AFTER_TIMEOUT,
+                                "not sent: this user's webhook timed out earlier in the same batch")))
+                            continue
                         tasks[record_id] = asyncio.ensure_future(
                             self._send_one(rec, channels.get(user_id), token, answers.put_nowait))
                 if unrecorded == 0:
@@ -267,6 +281,8 @@ class NotificationService:
                 for rec, result in batch:
                     sent[rec.id] = result
                     tasks.pop(rec.id, None)
+                    if isinstance(result, SendResult) and result.error_code == "provider_timeout":
+                        stalled.add(int(rec.row["user_id"]))
                     if not isinstance(result, Exception):
                         by_token.setdefault(str(rec.row["send_token"]), []).append((rec, result))
                 for token, outcomes in by_token.items():
