@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 ENV_PREFIX = "SMARTFLOW_"
+MIN_TOKEN_CHARS = 8  # admin and API tokens; the log scrubber masks strings of 8 characters or more
 
 
 class ConfigError(ValueError):
@@ -107,6 +108,13 @@ class WorkerSettings(BaseModel):
     batched_handlers: bool = Field(
         True, description="handlers that can (both contract events) process a whole batch in a few multi-row "
         "statements; false = one event at a time (the reference path, also the fallback when a batch fails)")
+    auth_failures_per_minute: int = Field(
+        20, ge=0, description="failed bearer checks (a wrong token) one client address may make in 60 s before its "
+        "admin/API requests are answered 429 with Retry-After; 0 disables the throttle")
+    verify_messages: bool = Field(
+        False, description="check every consumed message against its outbox row (event type, version, payload) "
+        "before acting on it; a mismatch is stored as a dead message, the row untouched. Off: whoever can write "
+        "to a topic can notify any user (broker ACLs are the trust boundary). Cost: one SELECT per batch")
     consumption_state_seconds: int = Field(
         3600, ge=60, description="how long the consumption-state table remembers a consumed/dead outbox id (relay "
         "duplicates arrive within minutes; older ones are decided by the database); memory ~0.3 KB per entry")
@@ -119,20 +127,29 @@ class NotificationSettings(BaseModel):
     sending_lease_seconds: float = Field(600.0, gt=0)
     retry_scan_every_seconds: float = Field(60.0, gt=0)
     retry_batch_size: int = Field(
-        50, ge=1, description="records per retry-scanner pass (sent in chunks of `worker.max_in_flight`)")
+        50, ge=1, description="records per retry-scanner pass (sent through the sliding window of `worker.max_in_flight`)")
     summary_max_chars: int = Field(180, ge=1)
     frontend_base_url: str = "https://smartflow.example.com"
     http_timeout_seconds: float = Field(5.0, gt=0)
     outcome_flush_seconds: float = Field(
-        0.05, ge=0, description="longest an answered POST waits for its chunk-mates before its outcome is written "
-        "(one write per chunk when all answer within it; a kill -9 may re-send what is answered but unwritten)")
+        0.05, ge=0, description="longest an answered POST waits for its window-mates before its outcome is written "
+        "(one write for all the answers of that time; a kill -9 may re-send what is answered but unwritten)")
     allowed_hosts: list[str] = Field(
         default_factory=lambda: ["feishu.cn", "www.feishu.cn", "open.feishu.cn", "open.larksuite.com"]
     )
     allow_plain_http: bool = Field(False, description="allow http:// webhooks (tests on 127.0.0.1 only)")
+    allowed_ports: list[int] = Field(
+        default_factory=list, description="with allow_plain_http: the only ports a webhook URL may name (empty: "
+        "any port but this worker's own web port and the relay's metrics port); the demo pins its receiver's")
     rate_limit_enabled: bool = True
     rate_per_second: float = Field(5.0, gt=0)
     rate_per_minute: float = Field(100.0, gt=0)
+    rate_limit_max_wait_seconds: float = Field(
+        1.0, ge=0, description="longest a send waits for its webhook's rate-limit slot; a longer wait is a temporary "
+        "failure with that wait as retry-after (the slot is not held, other users' sends are not delayed)")
+    channel_test_interval_seconds: float = Field(
+        10.0, ge=0, description="one channel test send per user per this many seconds (a sooner one is HTTP 429 "
+        "with Retry-After)")
     max_body_bytes: int = Field(20_000, ge=256)
     dedupe_window_seconds: int = Field(1800, ge=1)
 
@@ -237,6 +254,23 @@ class Settings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     faust: dict[str, Any] = Field(default_factory=dict, description="pass-through faust.App settings")
 
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value() and len(value.get_secret_value()) < MIN_TOKEN_CHARS:
+            raise ValueError(f"SMARTFLOW_ADMIN_TOKEN must be at least {MIN_TOKEN_CHARS} characters (shorter ones "
+                             "cannot be masked in logs); leave it empty to disable the admin routes")
+        return value
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _check_api_tokens(cls, value: dict[str, int]) -> dict[str, int]:
+        short = [uid for token, uid in value.items() if len(token) < MIN_TOKEN_CHARS]
+        if short:
+            raise ValueError(f"SMARTFLOW_API_TOKENS: the token(s) of user(s) {sorted(short)} are shorter than "
+                             f"{MIN_TOKEN_CHARS} characters (they could not be masked in logs)")
+        return value
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _check_bootstrap(cls, value: str) -> str:
@@ -305,7 +339,27 @@ class Settings(BaseSettings):
         data["tracing"]["otlp_headers"] = {k: "****" for k in self.tracing.otlp_headers}
         data["kafka"]["sasl_password"] = "****" if self.kafka.sasl_password else None
         data["kafka"]["ssl_key_password"] = "****" if self.kafka.ssl_key_password else None
+        data["faust"] = {key: _mask_faust_value(key, value) for key, value in data.get("faust", {}).items()}
         return data
+
+
+_CREDENTIAL_NAME = ("credential", "password", "passwd", "secret", "token", "sasl", "ssl", "auth")
+
+
+def _mask_faust_value(name: str, value: Any) -> Any:
+    """A Faust pass-through setting as shown by ``smartflow config``: values of credential-like settings
+    (``broker_credentials``, ``*_password``, ``ssl_context``, ...) become ``****``; URLs lose their passwords."""
+    from smartflow_streams.core.masking import mask_database_url
+
+    if value in (None, "", {}, []):
+        return value
+    if any(part in name.lower() for part in _CREDENTIAL_NAME):
+        return "****"
+    if isinstance(value, str):
+        return mask_database_url(value)
+    if isinstance(value, list):
+        return [mask_database_url(v) if isinstance(v, str) else v for v in value]
+    return value
 
 
 def _coerce_scalar(value: Any) -> Any:

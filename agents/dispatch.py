@@ -13,7 +13,10 @@ Invariants:
 - Recording a failure is retried for up to ~30 s (DB restarting). If it still fails, the message is acked with the
   row left ``published``; the relay's stale-published sweep (``relay.republish_after_seconds``, default 600 s)
   republishes it, so nothing is lost, only delayed. That is the documented answer to "a failure to record a
-  failure".
+  failure". An unroutable message (no usable ``outbox_id``) has no row to republish, so storing it is retried
+  until it succeeds (backoff 0.25 s doubling, capped at ``RECORD_MAX_DELAY`` 8 s; an error line every 8 attempts):
+  its batch does not return, so the agent does not ack past it (the agent's partitions are paused behind it)
+  until the database is back; a worker stopped meanwhile leaves it uncommitted and it is redelivered.
 - Duplicates (same outbox id again) are no-ops: the consumption-state table answers first, the row status
   (``consumed``/``dead`` under a row lock) decides.
 - Batches (:meth:`Dispatcher.handle_batch`): events of one (partition, message key) run in offset order; different
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
@@ -47,12 +51,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-import tenacity
 from faust.streams import _current_event
 
 from smartflow_streams.core import clock, metrics, tracing
 from smartflow_streams.catalog import RouteRegistry, registry as default_registry
-from smartflow_streams.contracts.envelope import KafkaEnvelope, try_outbox_id
+from smartflow_streams.contracts.envelope import KafkaEnvelope, OutboxEventShell, try_outbox_id
 from smartflow_streams.db.models import outbox_dead_messages
 from smartflow_streams.core.errors import ContractError, RouteNotRegisteredError, is_retriable
 from smartflow_streams.startup.handlers import HandlerContext, HandlerRegistry, HandlerSpec, handlers as default_handlers
@@ -63,6 +66,7 @@ from smartflow_streams.startup.runtime import ConsumptionState, WorkerRuntime
 log = logging.getLogger("agents")
 
 RECORD_ATTEMPTS = 8  # 0.25 s doubling, capped at 8 s: about 30 s in all
+RECORD_MAX_DELAY = 8.0
 
 
 @dataclass(frozen=True)
@@ -120,12 +124,17 @@ class Dispatcher:
         outcomes = [""] * len(events)
         verdicts: list[Ready | Rejected | None] = [None] * len(events)
         rest = list(range(len(events)))
+        if self.runtime.settings.worker.verify_messages:
+            for index, event in enumerate(events):
+                _current_event.set(weakref.ref(event))
+                verdicts[index] = self._classify(service, event.value or b"")
+            await self._verify(service, verdicts)
         if self.runtime.settings.worker.batched_handlers:
             rest, batches = [], {}
             seen: set[int] = set()
             for index, event in enumerate(events):
                 _current_event.set(weakref.ref(event))  # the accelerators read the event's partition
-                verdict = verdicts[index] = self._classify(service, event.value or b"")
+                verdict = verdicts[index] = verdicts[index] or self._classify(service, event.value or b"")
                 if (isinstance(verdict, Ready) and verdict.spec.batch is not None
                         and verdict.env.outbox_id not in seen):
                     seen.add(verdict.env.outbox_id)
@@ -139,6 +148,29 @@ class Dispatcher:
         await self._one_by_one(service, events, rest, verdicts, outcomes)
         self._flush(service, events)
         return outcomes
+
+    async def _verify(self, service: str, verdicts: list[Ready | Rejected | None]) -> None:
+        """``worker.verify_messages``: each ready message must match its outbox row (event type, version and
+        payload, compared as JSON values); one SELECT per batch. A message that does not (or whose row does not
+        exist) becomes ``unroutable``: stored in ``outbox_dead_messages`` with the reason, the row untouched (a
+        forged message must not be able to kill a genuine row; the genuine message still arrives or is
+        republished). A failed read leaves the verdicts as they are and raises (the batch is redelivered)."""
+        ready = [(i, v) for i, v in enumerate(verdicts) if isinstance(v, Ready)]
+        if not ready:
+            return
+        table = self.repo(service).table
+        ids = sorted({v.env.outbox_id for _i, v in ready})
+        async with self.runtime.engine.connect() as conn:
+            rows = {int(r.id): r.payload for r in await conn.execute(
+                sa.select(table.c.id, table.c.payload).where(table.c.id.in_(ids)))}
+        for index, verdict in ready:
+            outbox_id = verdict.env.outbox_id
+            problem = _mismatch(verdict.env, rows.get(outbox_id))
+            if problem:
+                log.warning("agent %s: outbox_id=%d: message does not match its outbox row (%s)", service,
+                            outbox_id, problem)
+                verdicts[index] = Rejected("unroutable", f"message does not match outbox row {outbox_id}: "
+                                                         f"{problem}", outbox_id)
 
     def _flush(self, service: str, events: list[Any]) -> None:
         """Write what the Faust-table accelerators buffered during the batch: once per partition, with one of that
@@ -375,21 +407,36 @@ class Dispatcher:
 
         log.warning("agent %s: unroutable message at %s:%d@%d: %s", service, pos.topic, pos.partition, pos.offset,
                     reason)
-        return "unroutable" if await self._record(write, service, 0) else "unrecorded"
+        await self._record(write, service, 0, until_written=True)
+        return "unroutable"
 
-    async def _record(self, write: Callable[[], Awaitable[None]], service: str, outbox_id: int) -> bool:
-        # CancelledError is a BaseException: tenacity does not retry it, it propagates.
-        retrying = tenacity.AsyncRetrying(stop=tenacity.stop_after_attempt(RECORD_ATTEMPTS),
-                                          wait=tenacity.wait_exponential(multiplier=0.25, max=8.0),
-                                          retry=tenacity.retry_if_exception_type(Exception), reraise=True)
-        try:
-            await retrying(write)
-            return True
-        except Exception as exc:  # noqa: BLE001
-            log.error("agent %s: could not record the failure of outbox_id=%d after %d attempts (%s); the "
-                      "row stays published and the relay's stale-published sweep will republish it",
-                      service, outbox_id, RECORD_ATTEMPTS, exc)
-            return False
+    async def _record(self, write: Callable[[], Awaitable[None]], service: str, outbox_id: int, *,
+                      until_written: bool = False) -> bool:
+        """Run ``write`` until it succeeds: ``RECORD_ATTEMPTS`` (8, ~30 s) times, or with ``until_written`` for as
+        long as it takes (only cancellation ends it)."""
+        delay = 0.25
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await write()
+                if attempt > RECORD_ATTEMPTS:
+                    log.warning("agent %s: unroutable message stored after %d attempts", service, attempt)
+                return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                if attempt % RECORD_ATTEMPTS == 0:
+                    if not until_written:
+                        log.error("agent %s: could not record the failure of outbox_id=%d after %d attempts (%s); "
+                                  "the row stays published and the relay's stale-published sweep will republish "
+                                  "it", service, outbox_id, attempt, type(exc).__name__)
+                        return False
+                    log.error("agent %s: could not store an unroutable message after %d attempts (%s); not "
+                              "acknowledging it, retrying every %g s", service, attempt, type(exc).__name__,
+                              RECORD_MAX_DELAY)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECORD_MAX_DELAY)
 
     def _remember(self, service: str, outbox_id: int, status: str, counted: bool = True) -> None:
         if self.consumption is None:
@@ -398,6 +445,20 @@ class Dispatcher:
             self.consumption.record(service, outbox_id, status, counted)
         except Exception:  # noqa: BLE001 - an accelerator failure must never fail the message
             log.debug("consumption-state write failed", exc_info=True)
+
+
+def _mismatch(env: KafkaEnvelope, stored: str | None) -> str:
+    """Why ``env`` does not carry what its outbox row holds ("" when it does)."""
+    if stored is None:
+        return "no such row"
+    try:
+        shell = OutboxEventShell.parse(stored)
+        same_payload = json.loads(env.payload) == json.loads(shell.payload)
+    except (ContractError, ValueError):
+        return "row payload unreadable"
+    if shell.event_type != env.event_type or shell.event_version != env.event_version:
+        return "event type or version differs"
+    return "" if same_payload else "payload differs"
 
 
 def _outcome_label(result: Any) -> str:

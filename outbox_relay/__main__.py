@@ -18,7 +18,6 @@ import signal
 import sys
 
 import sqlalchemy as sa
-import tenacity
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -31,6 +30,7 @@ from smartflow_streams.db.schema import upgrade_schema
 from smartflow_streams.core.kafka_security import ssl_context
 from smartflow_streams.core.logs import setup_logging
 from smartflow_streams.core.preflight import OutageLog, database_where, describe
+from smartflow_streams.core.masking import scrub_error
 
 log = logging.getLogger("outbox_relay")
 
@@ -48,9 +48,10 @@ async def _metrics_server(settings: Settings, relay: Relay) -> web.AppRunner | N
 
     async def health_view(_request: web.Request) -> web.Response:
         # pid: lets a supervisor (``smartflow up``) tell its own relay from another process on this port
+        tables = {t.route.service_name: {**vars(t.stats), "last_error": scrub_error(t.stats.last_error)}
+                  for t in relay.tables}  # an exception text may hold a DB URL or row data: scrubbed when served
         return web.json_response({"status": "ok", "pid": os.getpid(), "owner": relay.owner,
-                                  "topics_ready": relay.topics_ready,
-                                  "tables": {t.route.service_name: vars(t.stats) for t in relay.tables}})
+                                  "topics_ready": relay.topics_ready, "tables": tables})
 
     app = web.Application()
     app.router.add_get("/metrics", metrics_view)

@@ -43,6 +43,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config import Settings

@@ -49,8 +49,8 @@ BUILTIN_EVENT_OWNERS: dict[str, str] = {
     "credit.charge.requested": TOKEN_STORE,
 }
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # always fullmatch: "$" would accept a trailing newline
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def _check_service(service: str) -> str:
     name = (service or "").strip()
     if not name:
         raise RouteError("service name is empty")
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise RouteError(f"invalid service name {service!r}")
     return name
 
@@ -108,7 +108,7 @@ class RouteRegistry:
 
     def register_route(self, route: ServiceRoute) -> None:
         _check_service(route.service_name)
-        if not _TABLE_RE.match(route.table):
+        if not _TABLE_RE.fullmatch(route.table):
             raise RouteError(f"invalid table name {route.table!r}")
         with self._lock:
             self._routes[route.service_name] = route
@@ -131,7 +131,7 @@ class RouteRegistry:
         if override is None:
             return base
         table = override.table or base.table
-        if not _TABLE_RE.match(table):
+        if not _TABLE_RE.fullmatch(table):
             raise RouteError(f"invalid table override {table!r} for service {service}")
         return ServiceRoute(service, table, override.topic or base.topic, override.group_id or base.group_id)
 

@@ -181,6 +181,7 @@ class Stack:
             await self.receiver.start()
             env["SMARTFLOW_NOTIFICATION__ALLOW_PLAIN_HTTP"] = "true"
             env["SMARTFLOW_NOTIFICATION__ALLOWED_HOSTS"] = '["127.0.0.1"]'
+            env["SMARTFLOW_NOTIFICATION__ALLOWED_PORTS"] = f"[{self.receiver.port}]"  # not our own admin routes
             env.setdefault("SMARTFLOW_NOTIFICATION__RETRY_SCAN_EVERY_SECONDS", "5")
             self.demo_users = await self._pick_demo_users(engine)
             await self._demo_channels(engine)
@@ -386,7 +387,10 @@ async def up(demo: bool, exit_after: float | None) -> int:
             base = f"http://{settings.worker.web_host}:{settings.worker.web_port}"
             print(f"\nready: dashboard {base}/dashboard/   metrics {base}/metrics   relay metrics "
                   f"http://{settings.relay.metrics_host}:{settings.relay.metrics_port}/metrics")
-            print(f"admin token (for requeue/purge; set SMARTFLOW_ADMIN_TOKEN to choose it): {stack.admin_token}")
+            if settings.admin_token:  # the operator's own token is never printed
+                print("admin token (for requeue/purge): the one set in SMARTFLOW_ADMIN_TOKEN")
+            else:
+                print(f"admin token (for requeue/purge; set SMARTFLOW_ADMIN_TOKEN to choose it): {stack.admin_token}")
             if demo:
                 print("demo: feeding triggers for users", ", ".join(map(str, stack.demo_users)))
                 feeding = asyncio.create_task(stack.feed_demo())

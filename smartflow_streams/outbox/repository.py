@@ -462,8 +462,10 @@ class OutboxRepository:
 
 def _id_in(table: sa.Table, ids: Sequence[int], *, negate: bool = False) -> sa.ColumnElement[bool]:
     """``id IN (1,2,...)`` (``negate``: ``NOT IN``) with the integers inlined: 500 bound parameters cost ~12 ms per
-    statement through SQLAlchemy + PyMySQL, the inlined list ~1 ms. Safe: every id passes through ``int()``."""
-    return sa.text(f"{table.name}.id {'NOT IN' if negate else 'IN'} ({','.join(str(int(i)) for i in ids)})")
+    statement through SQLAlchemy + PyMySQL, the inlined list ~1 ms. Safe: every id passes through ``int()``, and the
+    column (table name included) is rendered by SQLAlchemy with the dialect's identifier quoting, never pasted."""
+    inlined = sa.literal_column(f"({','.join(str(int(i)) for i in ids)})")
+    return table.c.id.op("NOT IN" if negate else "IN")(inlined)
 
 
 def _dialect(db: Executor) -> str:

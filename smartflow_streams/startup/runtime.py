@@ -50,6 +50,10 @@ class WorkerRuntime:
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._notifications: NotificationService | None = None
+        from smartflow_streams.web.auth import AuthFailures
+
+        # shared by the admin routes and the APIs (one count per client address)
+        self.auth_failures = AuthFailures(limit=settings.worker.auth_failures_per_minute)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -68,9 +72,10 @@ class WorkerRuntime:
     def notifications(self) -> NotificationService:
         if self._notifications is None:
             cfg = self.settings.notification
+            # the limiter is always on: custom bots are always limited (Feishu's per-bot quota); the provider
+            # applies it to flow webhooks only when notification.rate_limit_enabled
             provider = WebhookProvider(
-                cfg, limiter=RateLimiter(cfg.rate_per_second, cfg.rate_per_minute, enabled=cfg.rate_limit_enabled),
-                zone=self.settings.zone,
+                cfg, limiter=RateLimiter(cfg.rate_per_second, cfg.rate_per_minute), zone=self.settings.zone,
             )
             self._notifications = NotificationService(self.settings, self.sessions, provider, self.dedupe)
         return self._notifications

@@ -41,7 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from smartflow_streams.core import metrics
 from smartflow_streams.catalog import registry
 from smartflow_streams.core.kafka_security import aiokafka_security_kwargs
-from smartflow_streams.core.masking import mask_database_url, scrub_text
+from smartflow_streams.core.masking import scrub_error
 from smartflow_streams.outbox import admin as outbox_admin
 from smartflow_streams.startup.runtime import WorkerRuntime
 from smartflow_streams.web.queries import NOTIFICATION_STATUSES, notification_counts
@@ -68,7 +68,7 @@ def install_prometheus_sensors(app: faust.App) -> None:
 
 
 def brief_error(exc: BaseException) -> str:
-    text = scrub_text(mask_database_url(str(exc)))
+    text = scrub_error(str(exc))
     return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
 
 

@@ -1,12 +1,14 @@
 """Read-only database queries behind the worker's operations views (status snapshot, table checks).
 
 Invariants: nothing here writes; free text read from rows (``last_error``, ``reason``) is returned scrubbed with
-:func:`smartflow_streams.core.masking.scrub_text`; every listing is bounded (outbox admin caps at 500 rows).
+:func:`smartflow_streams.core.masking.scrub_error` (secrets, DB passwords, SQL parameters); every listing is bounded (outbox admin caps at 500 rows).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from smartflow_streams.core import metrics
 from smartflow_streams.catalog import registry
 from smartflow_streams.db.models import notification_records, outbox_dead_messages
-from smartflow_streams.core.masking import scrub_text
+from smartflow_streams.core.masking import scrub_error
 from smartflow_streams.outbox import admin as outbox_admin
 
 NOTIFICATION_STATUSES = ("pending", "sending", "sent", "failed", "dead", "skipped")
@@ -26,7 +28,7 @@ def scrub_rows(rows: list[dict[str, Any]], *fields: str) -> list[dict[str, Any]]
     for row in rows:
         for name in fields:
             if isinstance(row.get(name), str):
-                row[name] = scrub_text(row[name])
+                row[name] = scrub_error(row[name])
     return rows
 
 
@@ -119,3 +121,27 @@ def notification_events(outbox_counts: dict[str, int], records: dict[str, int]) 
     recorded = sum(records.values())
     return {"consumed": consumed, "recorded": recorded, "deduplicated": max(0, consumed - recorded),
             "dead_in_outbox": int(outbox_counts.get("dead", 0))}
+
+
+OUTBOX_VIEW_CACHE_SECONDS = 2.0
+
+
+class SnapshotCache:
+    """The ``/outbox/`` document, read at most once per ``ttl`` seconds (2 s, as the ``/metrics`` gauges): the
+    open view costs ~37 statements per read on the agents' pool, so a client polling it in a loop must not multiply
+    that. Concurrent requests share one read (a lock); a failed read is not cached (the next request retries).
+    The document's ``generated_at`` tells its age."""
+
+    def __init__(self, ttl: float = OUTBOX_VIEW_CACHE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._value: dict[str, Any] | None = None
+        self._expires = 0.0
+
+    async def get(self, engine: AsyncEngine, consumption: Any, worker_services: list[str]) -> dict[str, Any]:
+        async with self._lock:
+            if self._value is None or self._clock() >= self._expires:
+                self._value = await snapshot(engine, consumption, worker_services)
+                self._expires = self._clock() + self.ttl
+            return self._value

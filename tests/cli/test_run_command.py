@@ -31,5 +31,6 @@ def test_run_command_from_clean_clone(tmp_path) -> None:
     assert delivered and delivered.group(1) == "5", out[-4000:]  # 6 triggers, one deduplicated
     assert "- worker stopped (exit 0)" in out and "- relay stopped (exit 0)" in out and "- broker stopped" in out
     assert "adm-secret-token-123" not in (clone / "var" / "logs" / "worker.log").read_text()
+    assert "adm-secret-token-123" not in out  # an admin token the operator set is never printed
     leftovers = subprocess.run(["pgrep", "-f", str(clone)], capture_output=True, text=True).stdout.strip()
     assert leftovers == "", f"processes left running: {leftovers}"

@@ -1,8 +1,11 @@
-"""The secret registry behind log and served-body scrubbing: matches, eviction bound, pinned tokens."""
+"""The secret registry behind log and served-body scrubbing: matches, eviction bound, pinned tokens, the length
+rules; per-request redaction."""
 
 from __future__ import annotations
 
-from smartflow_streams.core.masking import SecretRegistry
+import pytest
+
+from smartflow_streams.core.masking import MAX_SECRET_CHARS, SecretRegistry, mask_webhook_url, redact
 
 
 def test_scrub_replaces_every_registered_secret_longest_first() -> None:
@@ -10,10 +13,12 @@ def test_scrub_replaces_every_registered_secret_longest_first() -> None:
     url = "https://open.feishu.cn/open-apis/bot/v2/hook/0123456789abcdef"
     reg.add_webhook_url(url)
     reg.add("s3cr3t-sign")
-    reg.add("short")  # < 6 characters: ignored
-    text = f"POST {url} failed; token 0123456789abcdef; sign s3cr3t-sign; short stays; {url}"
+    reg.add("shortish")  # 8 characters: masked
+    reg.add("short77")  # < 8 characters: ignored
+    text = f"POST {url} failed; token 0123456789abcdef; sign s3cr3t-sign; short77 stays; {url}"
     masked = "https://open.feishu.cn/open-apis/bot/v2/hook/****"
-    assert reg.scrub(text) == f"POST {masked} failed; token ****; sign ****; short stays; {masked}"
+    assert reg.scrub(text) == f"POST {masked} failed; token ****; sign ****; short77 stays; {masked}"
+    assert reg.scrub("a shortish word") == "a **** word"
     reg.add_webhook_url("https://hooks.example.com/flow/abc?key=query-secret-1")
     assert reg.scrub("https://hooks.example.com/flow/abc?key=query-secret-1") == "https://hooks.example.com/flow/abc?****"
     assert reg.scrub("nothing here") == "nothing here"
@@ -36,6 +41,46 @@ def test_registry_is_bounded_and_keeps_pinned_tokens() -> None:
 
 def test_scrub_of_overlapping_secrets_sharing_a_prefix() -> None:
     reg = SecretRegistry()
-    reg.add("abcdef")
-    reg.add("abcdefghij", "[long]")
-    assert reg.scrub("xx abcdefghij yy abcdefgh") == "xx [long] yy ****gh"
+    reg.add("abcdefgh")
+    reg.add("abcdefghijkl", "[long]")
+    assert reg.scrub("xx abcdefghijkl yy abcdefghij") == "xx [long] yy ****ij"
+
+
+def test_registry_refuses_short_and_huge_strings() -> None:
+    reg = SecretRegistry()
+    reg.add("1234567")  # 7 characters: would blank ordinary words out of logs
+    reg.add("x" * (MAX_SECRET_CHARS + 1))
+    reg.add("y" * MAX_SECRET_CHARS)
+    assert len(reg) == 1
+    assert reg.scrub("1234567 " + "y" * MAX_SECRET_CHARS) == "1234567 ****"
+
+
+def test_scrub_with_a_full_registry_of_shared_prefixes_matches_exactly() -> None:
+    """The case that took 6.4 s with the old index (secrets sharing a prefix): the automaton finds exactly the
+    registered ones, leftmost-longest (the timing is in bench/scrub_bench.py)."""
+    reg = SecretRegistry(capacity=20_000)
+    for i in range(20_000):
+        reg.add(f"notification_id={i:08d}")
+    text = ("notification_id=00000042 notification_id=0000004 " * 5) + "notification_id=00019999"
+    assert reg.scrub(text) == ("**** notification_id=0000004 " * 5) + "****"
+
+
+def test_redact_replaces_one_requests_credentials_longest_first() -> None:
+    text = "POST https://h/hook/tok-abcdef-1234 with Bearer abc and tok-abcdef-1234x sign sec"
+    assert redact(text, ["tok-abcdef-1234", "tok-abcdef-1234x", "sec", None, ""]) == (
+        "POST https://h/hook/**** with Bearer abc and **** sign sec")  # "sec": under 4 characters, kept
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    ("https://open.feishu.cn/open-apis/bot/v2/hook/0123456789abcdef",
+     "https://open.feishu.cn/open-apis/bot/v2/hook/0123...cdef"),
+    ("https://open.feishu.cn/open-apis/bot/v2/hook/0123456789abcdef/",  # trailing "/": the token stays masked
+     "https://open.feishu.cn/open-apis/bot/v2/hook/0123...def/"),
+    ("https://www.feishu.cn/flow/api/trigger-webhook/0123456789abcdef/more?k=v",  # a segment after the token
+     "https://www.feishu.cn/flow/api/trigger-webhook/0123...more"),
+    ("https://www.feishu.cn/flow/api/trigger-webhook/short", "https://www.feishu.cn/flow/api/trigger-webhook/****"),
+    ("http://127.0.0.1:8080/any/secret-path-here/", "http://127.0.0.1:8080/any/secr...ere/"),
+])
+def test_webhook_mask_hides_everything_after_the_fixed_prefix(url: str, masked: str) -> None:
+    assert mask_webhook_url(url) == masked
+    assert "456789ab" not in mask_webhook_url(url)

@@ -236,7 +236,8 @@ async def test_dashboard_live_numbers_and_requeue(db, kafka_bootstrap, tmp_path,
 
             await browser.type_into("#admin-token", ADMIN)
             await browser.click("#save-token")
-            assert await browser.eval("localStorage.getItem('smartflow.adminToken')") == ADMIN
+            assert await browser.eval("sessionStorage.getItem('smartflow.adminToken')") == ADMIN
+            assert await browser.eval("localStorage.getItem('smartflow.adminToken')") is None  # not kept on disk
             assert await browser.eval("document.querySelector('#token-state').textContent") == "token saved"
             assert await browser.eval("document.querySelector('#admin-token').value") == ""
 

@@ -16,9 +16,9 @@ Two webhook kinds share one provider (:class:`ChannelConfig.kind`):
 Invariants and limits:
 
 * The webhook URL (its path token is the credential), the bearer token and the signing secret never appear in a
-  :class:`SendResult`, an exception message or a log line: they are registered with
-  :data:`smartflow_streams.core.masking.SECRETS` before use, ``request_json`` is the body without ``sign``, error
-  texts are redacted, and the one debug line per send carries only the masked URL.
+  :class:`SendResult`, an exception message or a log line: every error text of a send is redacted of that
+  channel's credentials (they are not added to the process-wide registry, which users could otherwise grow),
+  ``request_json`` is the body without ``sign``, and the one debug line per send carries only the masked URL.
 * URLs are validated again at send time (:func:`validate_webhook_url`); a violation is ``permanent_fail``
   ``invalid_url`` and nothing is sent. Redirects are not followed (a 3xx is ``payload_invalid``), so a response
   can never steer the request to a host outside ``allowed_hosts``.
@@ -29,7 +29,9 @@ Invariants and limits:
 * Rate limiting (:class:`~smartflow_streams.notification.limiter.RateLimiter`, per webhook URL, default 5/s and
   100/min): always applied to ``bot`` webhooks (Feishu's documented per-bot quota), applied to ``flow`` webhooks
   only when ``settings.rate_limit_enabled``. The wait happens before the request and is reported in
-  ``SendResult.rate_limit_wait_seconds``; the signature timestamp is taken after the wait.
+  ``SendResult.rate_limit_wait_seconds``; the signature timestamp is taken after the wait. A wait longer than
+  ``settings.rate_limit_max_wait_seconds`` (1 s) is not slept: the attempt is ``temporary_fail``
+  ``rate_limited_local`` with the wait as ``retry_after_seconds``, and nothing is sent.
 * ``send`` never raises for delivery problems (only :class:`asyncio.CancelledError` propagates); unexpected
   errors become ``temporary_fail`` ``network_error`` as upstream (docs/upstream.md#notification-sending step 3).
 """
@@ -53,14 +55,14 @@ import aiohttp
 
 from config import NotificationSettings
 from smartflow_streams.core import clock as core_clock
-from smartflow_streams.core.masking import SECRETS, mask_webhook_url, scrub_text
+from smartflow_streams.core.masking import mask_webhook_url, scrub_text
 from smartflow_streams.notification.feishu.body import (
     PayloadError, build_bot_body, build_flow_body, encode_body, format_sent_at, sign_bot_request,
 )
 from smartflow_streams.notification.feishu.channel import ChannelConfig
 from smartflow_streams.notification.feishu.messages import Outcome, SendRequest, SendResult
 from smartflow_streams.notification.feishu.urls import KIND_FLOW, InvalidWebhookURL, validate_webhook_url
-from smartflow_streams.notification.limiter import RateLimiter
+from smartflow_streams.notification.limiter import RateLimiter, RateLimitWait
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +204,8 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
 
 
 class _Redactor:
-    """Replaces one channel's credentials in free text (on top of the process-wide SECRETS registry)."""
+    """Replaces one channel's credentials in free text (on top of the process-wide registry of configured
+    secrets): the per-send redaction; nothing of the channel is registered globally."""
 
     _MIN_LEN = 4
 
@@ -218,12 +221,6 @@ class _Redactor:
             text = text.replace(secret, replacement)
         text = scrub_text(text)
         return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _register_secrets(channel: ChannelConfig, url: str) -> None:
-    SECRETS.add_webhook_url(url)
-    SECRETS.add(channel.bearer_token)
-    SECRETS.add(channel.sign_secret)
 
 
 async def _read_limited(stream: aiohttp.StreamReader, limit: int) -> bytes:
@@ -304,7 +301,6 @@ class WebhookProvider:
         if channel is None or not channel.enabled or not url:
             result = SendResult(Outcome.SKIPPED, "recipient_missing", "feishu webhook is not configured or disabled")
             return self._logged(channel, req, url, result)
-        _register_secrets(channel, url)
         redact = _Redactor(channel, url)
         result = await self._attempt(channel, req, url, redact)
         return self._logged(channel, req, url, result)
@@ -321,7 +317,13 @@ class WebhookProvider:
         if size > self._settings.max_body_bytes:
             message = f"request body is {size} bytes (UTF-8), limit {self._settings.max_body_bytes}"
             return SendResult(Outcome.PERMANENT, "payload_too_large", message, request_json=_audit_body(body))
-        waited = await self._wait_for_slot(channel, url)
+        try:
+            waited = await self._wait_for_slot(channel, url)
+        except RateLimitWait as over:
+            return SendResult(Outcome.TEMPORARY, "rate_limited_local",
+                              f"webhook rate limit: next slot in {over.wait_seconds:.1f}s, not waiting longer than "
+                              f"{self._settings.rate_limit_max_wait_seconds:g}s", request_json=_audit_body(body),
+                              retry_after_seconds=over.wait_seconds, rate_limit_wait_seconds=0.0)
         if waited > 0:
             body = self._body(channel, req)  # fresh sent_at / signature timestamp after the wait
         exchange = await self._post(url, self._headers(channel), encode_body(body), redact)
@@ -350,7 +352,7 @@ class WebhookProvider:
     async def _wait_for_slot(self, channel: ChannelConfig, url: str) -> float:
         if channel.kind == KIND_FLOW and not self._settings.rate_limit_enabled:
             return 0.0
-        return await self.limiter.acquire(url)
+        return await self.limiter.acquire(url, max_wait=self._settings.rate_limit_max_wait_seconds)
 
     async def _session_for_send(self) -> aiohttp.ClientSession:
         if self._session is None or (self._owns_session and self._session.closed):

@@ -19,6 +19,7 @@ FLOW_HOSTS = frozenset({"feishu.cn", "www.feishu.cn"})
 BOT_HOSTS = frozenset({"open.feishu.cn", "open.larksuite.com"})
 FLOW_PATH_PREFIX = "/flow/api/trigger-webhook/"
 _BOT_PATH_RE = re.compile(r"/open-apis/bot/v2/hook/[A-Za-z0-9._~-]+")
+_FLOW_PATH_RE = re.compile(re.escape(FLOW_PATH_PREFIX) + r"[A-Za-z0-9._~-]+")
 _KIND_HOSTS = {KIND_FLOW: FLOW_HOSTS, KIND_BOT: BOT_HOSTS}
 
 
@@ -33,10 +34,12 @@ def validate_webhook_url(url: str, kind: str, settings: NotificationSettings) ->
     """Raise :class:`InvalidWebhookURL` unless ``url`` is acceptable for ``kind``.
 
     Strict (default): ``https``, port 443, host in the kind's hosts **and** in ``settings.allowed_hosts``, and
-    the kind's path (flow: prefix ``/flow/api/trigger-webhook/``; bot: ``/open-apis/bot/v2/hook/<token>``).
+    the kind's path with exactly one token segment (flow: ``/flow/api/trigger-webhook/<token>``; bot:
+    ``/open-apis/bot/v2/hook/<token>``; token characters ``A-Za-z0-9._~-``).
     With ``settings.allow_plain_http``: ``http`` or ``https``, any port, any path, host in
-    ``settings.allowed_hosts`` (e.g. ``127.0.0.1`` for tests). Always rejected: user info, whitespace or control
-    characters, backslashes, ``.``/``..`` path segments.
+    ``settings.allowed_hosts`` (e.g. ``127.0.0.1`` for tests), and port in ``settings.allowed_ports`` when that is
+    set (the demo pins its receiver's port, so a user cannot aim a webhook at the worker's own admin routes).
+    Always rejected: user info, whitespace or control characters, backslashes, ``.``/``..`` path segments.
     """
     if kind not in _KIND_HOSTS:
         raise InvalidWebhookURL(f"unknown webhook kind {kind!r}; expected 'flow' or 'bot'")
@@ -58,6 +61,9 @@ def validate_webhook_url(url: str, kind: str, settings: NotificationSettings) ->
     allowed = {h.strip().lower() for h in settings.allowed_hosts if h.strip()}
     if settings.allow_plain_http:
         _check_permissive(parts.scheme, host, allowed)
+        effective_port = port or {"http": 80, "https": 443}.get(parts.scheme)
+        if settings.allowed_ports and effective_port not in settings.allowed_ports:
+            raise InvalidWebhookURL("webhook URL port is not in notification.allowed_ports")
         return
     _check_strict(parts.scheme, host, port, parts.path, kind, allowed)
 
@@ -77,8 +83,8 @@ def _check_strict(scheme: str, host: str, port: int | None, path: str, kind: str
         raise InvalidWebhookURL(f"webhook host {host!r} is not allowed for {kind} webhooks: {sorted(permitted)}")
     if port not in (None, 443):
         raise InvalidWebhookURL("webhook URL port must be 443")
-    if kind == KIND_FLOW and not path.startswith(FLOW_PATH_PREFIX):
-        raise InvalidWebhookURL(f"flow webhook path must start with {FLOW_PATH_PREFIX}")
+    if kind == KIND_FLOW and not _FLOW_PATH_RE.fullmatch(path):
+        raise InvalidWebhookURL(f"flow webhook path must be {FLOW_PATH_PREFIX}<token> (one token segment)")
     if kind == KIND_BOT and not _BOT_PATH_RE.fullmatch(path):
         raise InvalidWebhookURL("bot webhook path must be /open-apis/bot/v2/hook/<token>")
 
