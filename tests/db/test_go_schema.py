@@ -97,7 +97,7 @@ async def test_schema_command_on_a_go_database_adds_only_ours_and_is_idempotent(
 
         def idx(name: str, table: str) -> str:
             return f"{name}__{table}" if db_kind == "sqlite" else name
-        expected = {f"added column {t}.claim_token" for t in outbox_table_names()}
+        expected = {f"added column {t}.{c}" for t in outbox_table_names() for c in ("claim_token", "trace_context")}
         expected |= {f"created index {idx('idx_outbox_claim', t)} on {t}" for t in outbox_table_names()}
         expected |= {"added column notification_records.send_token",
                      "added column user_notification_channels.webhook_kind",
