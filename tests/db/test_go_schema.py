@@ -116,7 +116,7 @@ async def test_schema_command_on_a_go_database_adds_only_ours_and_is_idempotent(
         for table, columns in before.items():  # nothing renamed, dropped, retyped or made NOT NULL
             assert {c: after[table][c] for c in columns} == columns, table
         added = {(t, c) for t in after for c in after[t] if c not in before[t]}
-        assert added == {(t, "claim_token") for t in GO_OUTBOX_TABLES} | {
+        assert added == {(t, c) for t in GO_OUTBOX_TABLES for c in ("claim_token", "trace_context")} | {
             ("notification_records", "send_token"), ("user_notification_channels", "webhook_kind"),
             ("user_notification_channels", "sign_secret"), ("user_notification_channels", "msg_type")}
         assert all(after[t][c][1] for t, c in added)  # every added column is NULL-able
