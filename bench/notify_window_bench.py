@@ -29,8 +29,8 @@ import config
 from smartflow_streams.core import clock
 from smartflow_streams.contracts.envelope import KafkaEnvelope, OutboxEventShell
 from smartflow_streams.db.models import notification_records, user_notification_channels
-from smartflow_streams.cli.embedded import free_port
 from smartflow_streams.outbox.repository import OutboxRepository
+from tests.kit.feishu import LocalWebhookServer
 
 NOTIFY = "notification.feishu.requested"
 HANG_USER = 900_001
@@ -55,28 +55,16 @@ class _Event:
         self.message = SimpleNamespace(topic="t", partition=0, key=key, offset=offset)
 
 
-class Webhooks:
+class Webhooks(LocalWebhookServer):
     """Flow webhooks that answer at once (normal users) or hang (``/hang/``), and a custom bot, on 127.0.0.1."""
 
     def __init__(self) -> None:
         self.arrivals: dict[int, list[float]] = {}
-        self.port = 0
-        self._runner: web.AppRunner | None = None
 
-    async def __aenter__(self) -> Webhooks:
-        app = web.Application()
-        app.router.add_post("/flow/api/trigger-webhook/{token}", self._flow)
-        app.router.add_post("/hang/flow/api/trigger-webhook/{token}", self._hang)
-        app.router.add_post("/open-apis/bot/v2/hook/{token}", self._bot)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+    def post_routes(self) -> list[tuple[str, Any]]:
+        return [("/flow/api/trigger-webhook/{token}", self._flow),
+                ("/hang/flow/api/trigger-webhook/{token}", self._hang),
+                ("/open-apis/bot/v2/hook/{token}", self._bot)]
 
     async def _flow(self, request: web.Request) -> web.Response:
         body = await request.json()

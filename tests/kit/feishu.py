@@ -1,5 +1,7 @@
 """The one fake Feishu: real aiohttp servers on 127.0.0.1 (never any other address).
 
+* :class:`LocalWebhookServer` — the base of every fake webhook server here and in ``bench/``: a real aiohttp app on
+  127.0.0.1 at a free port, its POST/GET routes named by the subclass.
 * :class:`FakeFeishu` — the Flow webhook route; scripted replies per n-th POST or per user, every body and header
   kept; ``count_only=True`` (benchmarks) answers success at once and only counts.
 * :class:`FaultFeishu` — plus the custom-bot route with signature verification, outages, per-POST log (fault
@@ -21,7 +23,38 @@ from typing import Any
 from smartflow_streams.cli.embedded import free_port
 
 
-class FakeFeishu:
+class LocalWebhookServer:
+    """A real aiohttp server on 127.0.0.1 (free port, no access log) serving :meth:`post_routes` and
+    :meth:`get_routes` (``(path, handler)`` pairs); ``async with`` starts and stops it."""
+
+    port = 0
+    _runner: Any = None
+
+    def post_routes(self) -> list[tuple[str, Any]]:
+        raise NotImplementedError
+
+    def get_routes(self) -> list[tuple[str, Any]]:
+        return []
+
+    async def __aenter__(self) -> Any:
+        from aiohttp import web
+
+        app = web.Application()
+        for path, handler in self.post_routes():
+            app.router.add_post(path, handler)
+        for path, handler in self.get_routes():
+            app.router.add_get(path, handler)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+class FakeFeishu(LocalWebhookServer):
     """A real aiohttp server on 127.0.0.1 playing the Feishu Flow webhook. ``script`` maps the n-th POST (1-based)
     to (http status, JSON body, delay seconds); unscripted POSTs succeed with code 0."""
 
@@ -37,22 +70,12 @@ class FakeFeishu:
         self.posts: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._web = web
-        self._runner: Any = None
-        self.port = 0
 
-    async def __aenter__(self) -> FakeFeishu:
-        web = self._web
-        app = web.Application()
-        app.router.add_post("/flow/api/trigger-webhook/{token}", self._handle)
-        app.router.add_get("/posts", self._list)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
+    def post_routes(self) -> list[tuple[str, Any]]:
+        return [("/flow/api/trigger-webhook/{token}", self._handle)]
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self._runner.cleanup()
+    def get_routes(self) -> list[tuple[str, Any]]:
+        return [("/posts", self._list)]
 
     async def _list(self, _request: Any) -> Any:
         return self._web.json_response(self.posts)
@@ -139,16 +162,11 @@ class FaultFeishu(FakeFeishu):
         self.sign_ok = 0
         self.sign_rejected = 0
 
-    async def __aenter__(self) -> FaultFeishu:
-        web = self._web
-        app = web.Application()
-        app.router.add_post("/flow/api/trigger-webhook/{token}", self._flow)
-        app.router.add_post("/open-apis/bot/v2/hook/{token}", self._bot)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
+    def post_routes(self) -> list[tuple[str, Any]]:
+        return [("/flow/api/trigger-webhook/{token}", self._flow), ("/open-apis/bot/v2/hook/{token}", self._bot)]
+
+    def get_routes(self) -> list[tuple[str, Any]]:
+        return []
 
     def bot_url(self, user_id: int) -> str:
         return f"http://127.0.0.1:{self.port}/open-apis/bot/v2/hook/bot-user-{user_id}-secretpart"

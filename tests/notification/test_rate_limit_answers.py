@@ -21,12 +21,12 @@ from config import NotificationSettings
 from smartflow_streams.core import clock
 from smartflow_streams.contracts.events import FeishuNotificationRequestedPayload
 from smartflow_streams.db.models import notification_records, user_notification_channels
-from smartflow_streams.cli.embedded import free_port
 from smartflow_streams.notification.limiter import RateLimiter
 from smartflow_streams.notification.feishu import ChannelConfig, Outcome, SendRequest, WebhookProvider
 from smartflow_streams.notification.records import retry_delay
 from smartflow_streams.notification.service import NotificationService
 from smartflow_streams.outbox.repository import OutboxRepository
+from tests.kit.feishu import LocalWebhookServer
 
 RATE_LIMIT_BODIES = [
     {"code": 11232, "msg": "frequency limited psm[lark.oapi.app_platform_runtime]appID[1500]"},
@@ -37,30 +37,19 @@ LOCAL = dict(allow_plain_http=True, allowed_hosts=["127.0.0.1"], rate_limit_enab
              base_delay_seconds=0.3, max_delay_seconds=2, http_timeout_seconds=3)
 
 
-class Feishu:
+class Feishu(LocalWebhookServer):
     """Real aiohttp server on 127.0.0.1 serving both webhook paths; answers queued bodies (HTTP 200), then code 0."""
 
     def __init__(self) -> None:
         self.replies: list[dict[str, Any]] = []
         self.posts: list[str] = []
-        self.port = 0
+
+    def post_routes(self) -> list[tuple[str, Any]]:
+        return [("/flow/api/trigger-webhook/{token}", self._handle), ("/open-apis/bot/v2/hook/{token}", self._handle)]
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.posts.append(request.path)
         return web.json_response(self.replies.pop(0) if self.replies else {"code": 0, "msg": "success"})
-
-    async def __aenter__(self) -> Feishu:
-        app = web.Application()
-        app.router.add_post("/flow/api/trigger-webhook/{token}", self._handle)
-        app.router.add_post("/open-apis/bot/v2/hook/{token}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._runner.cleanup()
 
     def url(self, kind: str) -> str:
         path = "/flow/api/trigger-webhook/tok-rl" if kind == "flow" else "/open-apis/bot/v2/hook/tok-rl"
