@@ -303,6 +303,7 @@ async def relay_comparison(server_url: str, bootstrap: str, args: argparse.Names
             "relay_bench load, all 8 tables": (None, None, "notification"),
             "Go rows, one key per row, 1 table": ([AS_SERVICE], go_fill(), AS_SERVICE),
             "Go rows, 500 keys, all 8 tables": (None, go_fill(500), AS_SERVICE),
+            "Go rows, one key per row, all 8 tables (again, last)": (None, go_fill(), AS_SERVICE),
         }
         res["variants"] = {}
         for name, (services, fill, service) in variants.items():

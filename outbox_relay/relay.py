@@ -32,7 +32,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -50,7 +49,7 @@ from outbox_relay.producer import KafkaPublisher, OutgoingMessage, ensure_topics
 from outbox_relay.wakeup import DueWatcher
 from smartflow_streams import clock, metrics
 from smartflow_streams.catalog import RouteRegistry, ServiceRoute, registry as default_registry
-from smartflow_streams.contracts.envelope import KafkaEnvelope, parse_shell_fields
+from smartflow_streams.contracts.envelope import KafkaEnvelope, parse_shell_and_payload
 from smartflow_streams.errors import ContractError, RouteNotRegisteredError
 from smartflow_streams.outbox.repository import Claim, OutboxRepository, OutboxRow
 
@@ -246,7 +245,7 @@ class TableRelay:
         poison: dict[int, str] = {}
         for row in rows:
             try:
-                shell = parse_shell_fields(row.payload)
+                shell, payload_value = parse_shell_and_payload(row.payload)
             except ContractError as exc:
                 poison[row.id] = f"failed to parse outbox event shell: {exc}"
                 continue
@@ -258,7 +257,7 @@ class TableRelay:
                 ("event_version", shell.event_version.encode()),
                 ("service_name", service.encode()),
             ]
-            trace_id = _trace_id(shell.payload)
+            trace_id = _trace_id(payload_value)
             if trace_id:
                 headers.append(("trace_id", trace_id.encode()))
             messages.append(OutgoingMessage(row.id, topic, row.message_key.encode(), value, headers))
@@ -316,15 +315,10 @@ def _group(reasons: dict[int, str]) -> dict[str, list[int]]:
     return grouped
 
 
-def _trace_id(payload_json: str) -> str:
-    # Decoding every payload only to find a rare key is ~10 % of the relay's CPU: a key spelled "trace_id" must
-    # contain "trace" literally unless it uses \u escapes, so skip the decode when neither is present.
-    if "trace" not in payload_json and "\\u" not in payload_json:
-        return ""
-    try:
-        value = json.loads(payload_json).get("trace_id", "")
-    except (ValueError, AttributeError):
-        return ""
+def _trace_id(payload: object) -> str:
+    """The payload's top-level string ``trace_id`` ("" if absent or not a string), from the payload the shell
+    parse already decoded (a second ``json.loads`` of every payload was ~6 % of the relay's CPU on Go rows)."""
+    value = payload.get("trace_id", "") if isinstance(payload, dict) else ""
     return value if isinstance(value, str) else ""
 
 
