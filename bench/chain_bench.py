@@ -198,7 +198,8 @@ async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> di
             span = (max(hook.first[u] for u in delivered) - min(committed.values())) if delivered else float("nan")
             cpu = {k: 1000 * (after[k] - before[k]) / max(1, len(delivered)) for k in before}
             cpu["load"] = 1000 * load_cpu / max(1, total)
-            out["rates"][rate] = {"offered": loaded["offered"], "committed": len(committed),
+            hops = await hop_latencies(engine, {str(u) for u in users})
+            out["rates"][rate] = {"offered": loaded["offered"], "committed": len(committed), "hops": hops,
                                   "delivered": len(delivered), "delivered_s": len(delivered) / span,
                                   "dupes": sum(1 for u in users if hook.per_user.get(u, 0) > 1),
                                   **percentiles(lat), "cpu": cpu}
@@ -214,6 +215,24 @@ async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> di
 
 
 _children_seen = 0.0
+
+NOTIFICATION_TABLE = outbox_table("notification_outbox_messages")
+
+
+async def hop_latencies(engine: Any, keys: set[str]) -> dict[str, float]:
+    """p50 of each hop from the rows' own timestamps (ms, DB clock): trigger row committed -> published by the
+    relay -> consumed by the worker; notification row created -> published -> consumed (its POST done)."""
+    out: dict[str, float] = {}
+    for label, table in (("trigger", AS_TABLE), ("notification", NOTIFICATION_TABLE)):
+        async with engine.connect() as conn:
+            rows = [r for r in (await conn.execute(sa.select(
+                table.c.message_key, table.c.created_at, table.c.published_at, table.c.consumed_at))).all()
+                if r.message_key in keys]
+        for hop, a, b in (("relay", "created_at", "published_at"), ("worker", "published_at", "consumed_at")):
+            values = [(getattr(r, b) - getattr(r, a)).total_seconds() * 1000 for r in rows
+                      if getattr(r, a) is not None and getattr(r, b) is not None]
+            out[f"{label} {hop}"] = percentiles(values, (50,))["p50"]
+    return out
 
 
 def cpu_seconds_children() -> float:
@@ -335,6 +354,9 @@ def report(args: argparse.Namespace, chain_res: dict[str, Any] | None, relay_res
             cpu = " / ".join(f"{r['cpu'][k]:.2f}" for k in ("worker", "relay", "mariadb", "broker", "load", "webhook"))
             print(f"| {r['offered']:.0f} | {r['delivered_s']:.0f} | {r['delivered']}/{r['committed']} | "
                   f"{r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | {r['dupes']} | {cpu} |")
+        print("\np50 per hop (ms, row timestamps): " + "; ".join(
+            f"{rate:g}/s: " + ", ".join(f"{k} {v:.0f}" for k, v in r["hops"].items())
+            for rate, r in chain_res["rates"].items()))
     if relay_res:
         r = relay_res
         print(f"\nrelay on {args.rows:,} Go-shaped rows (active_schedule.triggered, one key per row, envelope "
