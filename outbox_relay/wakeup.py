@@ -40,6 +40,9 @@ from smartflow_streams import clock
 
 log = logging.getLogger("outbox_relay")
 
+PROBE_TIMEOUT_SECONDS = 10.0
+"""A probe not answered by then counts as failed: every parked table wakes and reads for itself."""
+
 DueCondition = Callable[[sa.BindParameter[Any]], sa.ColumnElement[bool]]
 """Builds a table's due condition for a ``now`` bind parameter (the probe statement is built once per table set)."""
 
@@ -57,6 +60,7 @@ class DueWatcher:
         self._quiet_since = 0.0  # loop time of the last wake-up or fresh park
         self._parked: dict[str, tuple[sa.Table, DueCondition, asyncio.Event]] = {}
         self._arrived = asyncio.Event()
+        self._fresh = False  # a table parked right after a read that found nothing: probe within min_interval
         self._task: asyncio.Task[None] | None = None
         self._conn: AsyncConnection | None = None
         self._statements: dict[tuple[str, ...], sa.Select[Any]] = {}  # per set of parked tables (<= 2**tables)
@@ -74,7 +78,8 @@ class DueWatcher:
         self._parked[table.name] = (table, due, woken)
         if just_read:
             self._quiet_since = asyncio.get_running_loop().time()
-            self._arrived.set()
+            self._fresh = True
+        self._arrived.set()  # always: the probe loop may be waiting for a first parked table
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
         waits = [asyncio.ensure_future(woken.wait()), asyncio.ensure_future(stop.wait())]
@@ -98,25 +103,30 @@ class DueWatcher:
         loop = asyncio.get_running_loop()
         delay = self.min_interval
         while True:
-            if not self._parked:
+            while not self._parked:
                 self._arrived.clear()
                 await self._arrived.wait()
+            if self._fresh:
                 delay = self.min_interval
             deadline = loop.time() + delay
             while (remaining := deadline - loop.time()) > 0:
+                if self._fresh:
+                    # a table just parked after a read: rows may have been committed since; probe soon, never later
+                    self._fresh = False
+                    delay = self.min_interval
+                    deadline = min(deadline, loop.time() + delay)
+                    continue
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
                 except asyncio.TimeoutError:
                     break
-                # a table just parked: rows may have been committed since its read; probe soon, never later
-                delay = self.min_interval
-                deadline = min(deadline, loop.time() + delay)
             parked = sorted(self._parked.items())  # one statement per set of tables, whatever the order they parked
             if not parked:
                 continue
             try:
-                flags = await self._probe([(table, due) for _, (table, due, _) in parked])
+                flags = await asyncio.wait_for(self._probe([(table, due) for _, (table, due, _) in parked]),
+                                               PROBE_TIMEOUT_SECONDS)
             except Exception as exc:  # noqa: BLE001 - the tables' own reads report and back off
                 log.debug("relay idle probe failed: %s: %s", type(exc).__name__, exc)
                 await self._drop_connection()
@@ -159,6 +169,9 @@ class DueWatcher:
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
-                await conn.close()
-            except Exception:  # noqa: BLE001
-                await conn.invalidate()
+                await asyncio.wait_for(conn.close(), 5)
+            except Exception:  # noqa: BLE001 - a hung or broken connection is discarded
+                try:
+                    await conn.invalidate()
+                except Exception:  # noqa: BLE001
+                    pass

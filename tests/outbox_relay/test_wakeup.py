@@ -67,3 +67,29 @@ async def test_idle_probes_slow_down_and_timeout_returns_false(db) -> None:
         assert 5 <= watcher.probes <= 25
     finally:
         await watcher.close()
+
+
+async def test_table_parking_again_after_timeouts_still_wakes(db) -> None:
+    """As ``TableRelay._park`` does: time out (lease renewal), park again without a fresh read, repeatedly; a row
+    committed later must still wake it (a re-park that did not wake an idle probe loop once stalled a relay)."""
+    notification, _ = repos()
+    watcher = DueWatcher(db.engine, 5, 50, 100, deep_after_seconds=0.1)
+    stop = asyncio.Event()
+
+    async def park() -> int:
+        timeouts, just_read = 0, True
+        while not await watcher.wait_due(notification.table, notification.due_condition, 0.15, stop,
+                                         just_read=just_read):
+            timeouts, just_read = timeouts + 1, False
+        return timeouts
+
+    try:
+        parked = asyncio.create_task(park())
+        await asyncio.sleep(1.5)  # ~10 timeouts and re-parks
+        assert not parked.done()
+        async with db.sessions() as s, s.begin():
+            await notification.enqueue(s, EVENT, {"i": 1}, message_key="1", event_version="1")
+        assert await asyncio.wait_for(parked, 3) >= 5
+    finally:
+        stop.set()
+        await watcher.close()
