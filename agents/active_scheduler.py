@@ -1,6 +1,6 @@
 """``active_schedule.triggered`` handler (owner: active-scheduler): the trigger workflow inside the consume
-transaction (upstream 8.4). On failure the transaction rolls back and, afterwards, the trigger is marked
-``failed`` (``worker_failed``) in its own transaction, best effort, as upstream; the outbox row goes to retry.
+transaction (docs/upstream.md#trigger-workflow). On failure the transaction rolls back and, afterwards, the trigger is
+marked ``failed`` (``worker_failed``) in its own transaction, best effort, as upstream; the outbox row goes to retry.
 A batch runs :func:`run_trigger_workflow_many` in one transaction (5 statements for the workflow + 2 for the outbox
 rows, whatever the batch size); any failure in it sends the batch one by one, where the failing event is recorded.
 """
@@ -13,14 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from smartflow_streams.catalog import ACTIVE_SCHEDULER
 from smartflow_streams.contracts.events import ACTIVE_SCHEDULE_TRIGGERED, ActiveScheduleTriggeredPayload
-from smartflow_streams.errors import is_retriable
-from smartflow_streams.handlers import HandlerContext, handlers
+from smartflow_streams.core.errors import is_retriable
+from smartflow_streams.startup.handlers import HandlerContext, handlers
 from smartflow_streams.scheduler.workflow import mark_trigger_failed, run_trigger_workflow_many
-
-
-@handlers.transactional(ACTIVE_SCHEDULE_TRIGGERED, service=ACTIVE_SCHEDULER, model=ActiveScheduleTriggeredPayload)
-async def on_triggered(ctx: HandlerContext, session: AsyncSession, payload: ActiveScheduleTriggeredPayload) -> Any:
-    return (await _on_triggered_many(ctx, session, [payload]))[0]
 
 
 async def _on_triggered_many(ctx: HandlerContext, session: AsyncSession,
@@ -34,5 +29,7 @@ async def _on_error(ctx: HandlerContext, payload: ActiveScheduleTriggeredPayload
     await mark_trigger_failed(ctx.sessions, payload.trigger_id, code, f"{type(exc).__name__}: {exc}")
 
 
-on_triggered.on_error = _on_error  # type: ignore[attr-defined]
-on_triggered.batch = _on_triggered_many  # type: ignore[attr-defined]
+@handlers.transactional(ACTIVE_SCHEDULE_TRIGGERED, service=ACTIVE_SCHEDULER, model=ActiveScheduleTriggeredPayload,
+                        batch=_on_triggered_many, on_error=_on_error)
+async def on_triggered(ctx: HandlerContext, session: AsyncSession, payload: ActiveScheduleTriggeredPayload) -> Any:
+    return (await _on_triggered_many(ctx, session, [payload]))[0]

@@ -2,17 +2,21 @@
 
 Invariants:
 - :meth:`Dispatcher.handle` never raises (except cancellation): Faust acks a message even when an agent raises,
-  so every failure is caught, classified and recorded here (upstream spec 6.2, with traps 11 and 16 fixed).
+  so every failure is caught, classified and recorded here (docs/upstream.md#consumer-loop;
+  docs/upstream.md#malformed-messages-end-dead).
 - Poison -> outbox row ``dead`` with the reason: envelope JSON invalid but ``outbox_id`` recoverable, blank
   ``event_type``, no handler in this service, unsupported ``event_version``, payload invalid, or a handler raising a
   non-retriable error. A message with no usable ``outbox_id`` cannot reach a row: it is stored in
   ``outbox_dead_messages`` with the reason and its raw bytes (upstream committed it silently).
 - Transient failure -> ``mark_failed_for_retry`` (backoff n² s, ``dead`` at ``max_retry``); the relay republishes.
-- Another service's message -> skipped, row untouched (upstream 3.4).
+- Another service's message -> skipped, row untouched (docs/upstream.md#event-ownership).
 - Recording a failure is retried for up to ~30 s (DB restarting). If it still fails, the message is acked with the
   row left ``published``; the relay's stale-published sweep (``relay.republish_after_seconds``, default 600 s)
   republishes it, so nothing is lost, only delayed. That is the documented answer to "a failure to record a
-  failure".
+  failure". An unroutable message (no usable ``outbox_id``) has no row to republish, so storing it is retried
+  until it succeeds (backoff 0.25 s doubling, capped at ``RECORD_MAX_DELAY`` 8 s; an error line every 8 attempts):
+  its batch does not return, so the agent does not ack past it (the agent's partitions are paused behind it)
+  until the database is back; a worker stopped meanwhile leaves it uncommitted and it is redelivered.
 - Duplicates (same outbox id again) are no-ops: the consumption-state table answers first, the row status
   (``consumed``/``dead`` under a row lock) decides.
 - Batches (:meth:`Dispatcher.handle_batch`): events of one (partition, message key) run in offset order; different
@@ -30,42 +34,39 @@ Invariants:
   each failure exactly as without batching: the batch is an optimisation of the success path, never a different
   outcome. Per key, order of business effects is kept (a batch function applies its events in input order);
   only the relative timing of a poison event's ``dead`` mark and a later valid event of the same key changes.
+- Tracing (``tracing.enabled``, off by default: then one boolean test per call and nothing else): every handler call
+  runs in a CONSUMER span continuing the message's ``traceparent``; a batch call gets one span per event
+  (:mod:`smartflow_streams.core.tracing`). Spans never change an outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy as sa
 from faust.streams import _current_event
 
-from smartflow_streams import clock, metrics
+from smartflow_streams.core import clock, metrics, tracing
 from smartflow_streams.catalog import RouteRegistry, registry as default_registry
-from smartflow_streams.contracts.envelope import KafkaEnvelope, try_outbox_id
+from smartflow_streams.contracts.envelope import KafkaEnvelope, OutboxEventShell, try_outbox_id
 from smartflow_streams.db.models import outbox_dead_messages
-from smartflow_streams.errors import ContractError, RouteNotRegisteredError, is_retriable
-from smartflow_streams.handlers import HandlerContext, HandlerRegistry, HandlerSpec, handlers as default_handlers
+from smartflow_streams.core.errors import ContractError, RouteNotRegisteredError, is_retriable
+from smartflow_streams.startup.handlers import HandlerContext, HandlerRegistry, HandlerSpec, handlers as default_handlers
+from smartflow_streams.core.logs import log_fields
 from smartflow_streams.outbox.repository import ConsumeOutcome, OutboxRepository
+from smartflow_streams.startup.runtime import ConsumptionState, WorkerRuntime
 
 log = logging.getLogger("agents")
 
 RECORD_ATTEMPTS = 8  # 0.25 s doubling, capped at 8 s: about 30 s in all
-
-
-class ConsumptionState(Protocol):
-    """Accelerator (a Faust table in the worker): what this worker already saw consumed/dead. May forget."""
-
-    def terminal(self, service: str, outbox_id: int) -> str | None: ...
-
-    def record(self, service: str, outbox_id: int, status: str, counted: bool = True) -> None: ...
-
-    def flush(self, service: str, partition: int) -> None:
-        """Write what :meth:`record` buffered for (service, partition); called once per batch and partition."""
+RECORD_MAX_DELAY = 8.0
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class Position:
 
 class Dispatcher:
     def __init__(
-        self, runtime: Any, *, handlers: HandlerRegistry | None = None, registry: RouteRegistry | None = None,
+        self, runtime: WorkerRuntime, *, handlers: HandlerRegistry | None = None, registry: RouteRegistry | None = None,
         consumption: ConsumptionState | None = None,
     ) -> None:
         self.runtime = runtime
@@ -123,13 +124,18 @@ class Dispatcher:
         outcomes = [""] * len(events)
         verdicts: list[Ready | Rejected | None] = [None] * len(events)
         rest = list(range(len(events)))
+        if self.runtime.settings.worker.verify_messages:
+            for index, event in enumerate(events):
+                _current_event.set(weakref.ref(event))
+                verdicts[index] = self._classify(service, event.value or b"")
+            await self._verify(service, verdicts)
         if self.runtime.settings.worker.batched_handlers:
             rest, batches = [], {}
             seen: set[int] = set()
             for index, event in enumerate(events):
                 _current_event.set(weakref.ref(event))  # the accelerators read the event's partition
-                verdict = verdicts[index] = self._classify(service, event.value or b"")
-                if (isinstance(verdict, Ready) and getattr(verdict.spec.fn, "batch", None) is not None
+                verdict = verdicts[index] = verdicts[index] or self._classify(service, event.value or b"")
+                if (isinstance(verdict, Ready) and verdict.spec.batch is not None
                         and verdict.env.outbox_id not in seen):
                     seen.add(verdict.env.outbox_id)
                     batches.setdefault(verdict.spec.event_type, []).append(index)
@@ -142,6 +148,29 @@ class Dispatcher:
         await self._one_by_one(service, events, rest, verdicts, outcomes)
         self._flush(service, events)
         return outcomes
+
+    async def _verify(self, service: str, verdicts: list[Ready | Rejected | None]) -> None:
+        """``worker.verify_messages``: each ready message must match its outbox row (event type, version and
+        payload, compared as JSON values); one SELECT per batch. A message that does not (or whose row does not
+        exist) becomes ``unroutable``: stored in ``outbox_dead_messages`` with the reason, the row untouched (a
+        forged message must not be able to kill a genuine row; the genuine message still arrives or is
+        republished). A failed read leaves the verdicts as they are and raises (the batch is redelivered)."""
+        ready = [(i, v) for i, v in enumerate(verdicts) if isinstance(v, Ready)]
+        if not ready:
+            return
+        table = self.repo(service).table
+        ids = sorted({v.env.outbox_id for _i, v in ready})
+        async with self.runtime.engine.connect() as conn:
+            rows = {int(r.id): r.payload for r in await conn.execute(
+                sa.select(table.c.id, table.c.payload).where(table.c.id.in_(ids)))}
+        for index, verdict in ready:
+            outbox_id = verdict.env.outbox_id
+            problem = _mismatch(verdict.env, rows.get(outbox_id))
+            if problem:
+                log.warning("agent %s: outbox_id=%d: message does not match its outbox row (%s)", service,
+                            outbox_id, problem)
+                verdicts[index] = Rejected("unroutable", f"message does not match outbox row {outbox_id}: "
+                                                         f"{problem}", outbox_id)
 
     def _flush(self, service: str, events: list[Any]) -> None:
         """Write what the Faust-table accelerators buffered during the batch: once per partition, with one of that
@@ -192,16 +221,21 @@ class Dispatcher:
             _current_event.set(weakref.ref(events[indexes[i]]))
 
         ctx = HandlerContext(service, None, repo, self.runtime.sessions, self.runtime, activate)
-        batch_fn = spec.fn.batch  # type: ignore[attr-defined]
+        batch_fn = spec.batch
+        assert batch_fn is not None  # only specs with a batch function are batched
+        traced = (tracing.batch_spans(service, spec.event_type, [events[i] for i in indexes],
+                                      [r.payload for r in ready], [r.env.outbox_id for r in ready])
+                  if tracing.active() else contextlib.nullcontext())
         try:
-            if spec.transactional:
-                by_id = {r.env.outbox_id: r.payload for r in ready}
-                async with self.runtime.sessions() as session, session.begin():
-                    state = await repo.consume_many(
-                        session, list(by_id), lambda s, live: batch_fn(ctx, s, [by_id[i] for i in live]))
-                results: list[Any] = [state[r.env.outbox_id] for r in ready]
-            else:
-                results = await batch_fn(ctx, [(r.env.outbox_id, r.payload) for r in ready])
+            with traced:
+                if spec.transactional:
+                    by_id = {r.env.outbox_id: r.payload for r in ready}
+                    async with self.runtime.sessions() as session, session.begin():
+                        state = await repo.consume_many(
+                            session, list(by_id), lambda s, live: batch_fn(ctx, s, [by_id[i] for i in live]))
+                    results: list[Any] = [state[r.env.outbox_id] for r in ready]
+                else:
+                    results = await batch_fn(ctx, [(r.env.outbox_id, r.payload) for r in ready])
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the one-by-one path classifies and records each event
@@ -259,7 +293,8 @@ class Dispatcher:
                 owner = ""
         if owner != service:
             log.info("agent %s: skipping non-local event: message service=%s type=%s outbox_id=%d", service,
-                     owner or "?", env.event_type, env.outbox_id)
+                     owner or "?", env.event_type, env.outbox_id,
+                     extra=log_fields(service=service, event_type=env.event_type, outbox_id=env.outbox_id))
             return Rejected("foreign", outbox_id=env.outbox_id)
         if self.consumption is not None and self.consumption.terminal(service, env.outbox_id):
             return Rejected("duplicate", outbox_id=env.outbox_id)
@@ -287,12 +322,15 @@ class Dispatcher:
         spec, env, payload = ready.spec, ready.env, ready.payload
         repo = self.repo(service)
         ctx = HandlerContext(service, env, repo, self.runtime.sessions, self.runtime)
+        traced = (tracing.handler_span(service, env.event_type, env.outbox_id) if tracing.active()
+                  else contextlib.nullcontext())
         try:
-            if spec.transactional:
-                result: Any = await repo.consume_and_mark_consumed(
-                    self.runtime.sessions, env.outbox_id, lambda session: spec.fn(ctx, session, payload))
-            else:
-                result = await spec.fn(ctx, payload)
+            with traced:
+                if spec.transactional:
+                    result: Any = await repo.consume_and_mark_consumed(
+                        self.runtime.sessions, env.outbox_id, lambda session: spec.fn(ctx, session, payload))
+                else:
+                    result = await spec.fn(ctx, payload)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - classified in _finish
@@ -313,8 +351,8 @@ class Dispatcher:
             self._remember(service, outbox_id, "consumed", counted=outcome == "consumed")
         return outcome
 
-    async def _on_error(self, spec: Any, ctx: HandlerContext, payload: Any, exc: Exception) -> None:
-        hook: Callable[[HandlerContext, Any, Exception], Awaitable[None]] | None = getattr(spec.fn, "on_error", None)
+    async def _on_error(self, spec: HandlerSpec, ctx: HandlerContext, payload: Any, exc: Exception) -> None:
+        hook = spec.on_error
         if hook is None:
             return
         try:
@@ -329,7 +367,8 @@ class Dispatcher:
             async with self.runtime.engine.begin() as conn:
                 await repo.mark_dead(conn, [outbox_id], reason)
 
-        log.warning("agent %s: outbox_id=%d -> dead: %s", service, outbox_id, reason)
+        log.warning("agent %s: outbox_id=%d -> dead: %s", service, outbox_id, reason,
+                    extra=log_fields(service=service, outbox_id=outbox_id))
         if await self._record(write, service, outbox_id):
             self._remember(service, outbox_id, "dead")
             return "dead"
@@ -343,7 +382,8 @@ class Dispatcher:
             async with self.runtime.engine.begin() as conn:
                 result.update(await repo.mark_failed_for_retry(conn, [outbox_id], reason))
 
-        log.info("agent %s: outbox_id=%d -> retry: %s", service, outbox_id, reason)
+        log.info("agent %s: outbox_id=%d -> retry: %s", service, outbox_id, reason,
+                 extra=log_fields(service=service, outbox_id=outbox_id))
         if not await self._record(write, service, outbox_id):
             return "unrecorded"
         if result.get(outbox_id) == "dead":
@@ -367,25 +407,36 @@ class Dispatcher:
 
         log.warning("agent %s: unroutable message at %s:%d@%d: %s", service, pos.topic, pos.partition, pos.offset,
                     reason)
-        return "unroutable" if await self._record(write, service, 0) else "unrecorded"
+        await self._record(write, service, 0, until_written=True)
+        return "unroutable"
 
-    async def _record(self, write: Callable[[], Awaitable[None]], service: str, outbox_id: int) -> bool:
+    async def _record(self, write: Callable[[], Awaitable[None]], service: str, outbox_id: int, *,
+                      until_written: bool = False) -> bool:
+        """Run ``write`` until it succeeds: ``RECORD_ATTEMPTS`` (8, ~30 s) times, or with ``until_written`` for as
+        long as it takes (only cancellation ends it)."""
         delay = 0.25
-        for attempt in range(1, RECORD_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 await write()
+                if attempt > RECORD_ATTEMPTS:
+                    log.warning("agent %s: unroutable message stored after %d attempts", service, attempt)
                 return True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                if attempt == RECORD_ATTEMPTS:
-                    log.error("agent %s: could not record the failure of outbox_id=%d after %d attempts (%s); the "
-                              "row stays published and the relay's stale-published sweep will republish it",
-                              service, outbox_id, attempt, exc)
-                    return False
+                if attempt % RECORD_ATTEMPTS == 0:
+                    if not until_written:
+                        log.error("agent %s: could not record the failure of outbox_id=%d after %d attempts (%s); "
+                                  "the row stays published and the relay's stale-published sweep will republish "
+                                  "it", service, outbox_id, attempt, type(exc).__name__)
+                        return False
+                    log.error("agent %s: could not store an unroutable message after %d attempts (%s); not "
+                              "acknowledging it, retrying every %g s", service, attempt, type(exc).__name__,
+                              RECORD_MAX_DELAY)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 8.0)
-        return False
+                delay = min(delay * 2, RECORD_MAX_DELAY)
 
     def _remember(self, service: str, outbox_id: int, status: str, counted: bool = True) -> None:
         if self.consumption is None:
@@ -394,6 +445,20 @@ class Dispatcher:
             self.consumption.record(service, outbox_id, status, counted)
         except Exception:  # noqa: BLE001 - an accelerator failure must never fail the message
             log.debug("consumption-state write failed", exc_info=True)
+
+
+def _mismatch(env: KafkaEnvelope, stored: str | None) -> str:
+    """Why ``env`` does not carry what its outbox row holds ("" when it does)."""
+    if stored is None:
+        return "no such row"
+    try:
+        shell = OutboxEventShell.parse(stored)
+        same_payload = json.loads(env.payload) == json.loads(shell.payload)
+    except (ContractError, ValueError):
+        return "row payload unreadable"
+    if shell.event_type != env.event_type or shell.event_version != env.event_version:
+        return "event type or version differs"
+    return "" if same_payload else "payload differs"
 
 
 def _outcome_label(result: Any) -> str:

@@ -10,14 +10,8 @@ from typing import Any
 
 from smartflow_streams.catalog import NOTIFICATION
 from smartflow_streams.contracts.events import NOTIFICATION_FEISHU_REQUESTED, FeishuNotificationRequestedPayload
-from smartflow_streams.handlers import HandlerContext, handlers
+from smartflow_streams.startup.handlers import HandlerContext, handlers
 from smartflow_streams.notification.service import HandleResult
-
-
-@handlers.custom(NOTIFICATION_FEISHU_REQUESTED, service=NOTIFICATION, model=FeishuNotificationRequestedPayload)
-async def on_requested(ctx: HandlerContext, payload: FeishuNotificationRequestedPayload) -> HandleResult:
-    assert ctx.envelope is not None
-    return await ctx.runtime.notifications.handle_requested(ctx.repo, ctx.envelope.outbox_id, payload)
 
 
 async def _on_requested_many(ctx: HandlerContext,
@@ -25,4 +19,8 @@ async def _on_requested_many(ctx: HandlerContext,
     return await ctx.runtime.notifications.handle_requested_many(ctx.repo, items, ctx.activate)
 
 
-on_requested.batch = _on_requested_many  # type: ignore[attr-defined]
+@handlers.custom(NOTIFICATION_FEISHU_REQUESTED, service=NOTIFICATION, model=FeishuNotificationRequestedPayload,
+                 batch=_on_requested_many)
+async def on_requested(ctx: HandlerContext, payload: FeishuNotificationRequestedPayload) -> HandleResult:
+    assert ctx.envelope is not None
+    return await ctx.runtime.notifications.handle_requested(ctx.repo, ctx.envelope.outbox_id, payload)

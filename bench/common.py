@@ -1,4 +1,7 @@
-"""Shared benchmark plumbing: start Tansu and MariaDB, bulk-fill outbox tables, percentiles, RSS, machine info."""
+"""Shared benchmark plumbing: Tansu and MariaDB (from the test kit, ``tests.kit``), bulk-fill outbox tables,
+percentiles, RSS, machine info. Benchmarks run from the repository root (``python bench/<name>.py`` puts the root
+on ``sys.path``, like pytest's ``pythonpath = ["."]``), so ``tests.kit`` is imported as a package, never by
+adding ``tests/`` to the path."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import json
 import os
 import pathlib
 import platform
-import subprocess
+import shutil
 import sys
 import time
 import uuid
@@ -17,8 +20,9 @@ from typing import Any
 import sqlalchemy as sa
 
 import config
-from smartflow_streams import clock
-from smartflow_streams.embedded import free_port, start_tansu, stop_process
+from smartflow_streams.core import clock
+from tests.kit.broker import tansu_broker
+from tests.kit.mariadb import MariaDBServer, new_database
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EVENT = "notification.feishu.requested"
@@ -26,42 +30,22 @@ EVENT = "notification.feishu.requested"
 
 @contextlib.contextmanager
 def tansu() -> Iterator[str]:
-    port = free_port()
-    log = open(ROOT / "var" / "bench-tansu.log", "wb")
-    proc = start_tansu(port, log)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        stop_process(proc)
-        log.close()
+    with tansu_broker(ROOT / "var" / "bench-tansu.log") as bootstrap:
+        yield bootstrap
 
 
 @contextlib.contextmanager
 def mariadb() -> Iterator[str]:
     datadir = ROOT / "var" / f"bench-mysql-{uuid.uuid4().hex[:6]}"
-    port = free_port()
-    script = ROOT / "scripts" / "mariadb.sh"
-    url = subprocess.run(["bash", str(script), "start", str(datadir), str(port)], check=True, capture_output=True,
-                         text=True).stdout.strip().splitlines()[-1]
+    server = MariaDBServer(datadir)
     try:
-        yield url
+        yield server.start()
     finally:
-        subprocess.run(["bash", str(script), "stop", str(datadir), str(port)], check=False)
-        subprocess.run(["rm", "-rf", str(datadir)], check=False)
+        server.stop()
+        shutil.rmtree(datadir, ignore_errors=True)
 
 
-async def new_mysql_database(server_url: str, prefix: str) -> str:
-    """Create an empty ``<prefix>_<random>`` database on the server of ``server_url``; returns its URL."""
-    from sqlalchemy.engine import make_url
-
-    from smartflow_streams.db.engine import create_engine
-
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(config.load_settings(database_url=server_url))
-    async with admin.begin() as conn:
-        await conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-    await admin.dispose()
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+new_mysql_database = new_database  # (server_url, prefix) -> URL of a fresh empty database
 
 
 def sqlite_url() -> str:

@@ -29,23 +29,22 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # the repository root: bench.common, tests.kit
 
 import sqlalchemy as sa  # noqa: E402
-from aiohttp import web  # noqa: E402
 
 import config  # noqa: E402
 from bench.common import (  # noqa: E402
     cpu_seconds, machine, mariadb, new_mysql_database, percentiles, pids_named, rss_mb, sqlite_url, tansu,
 )
-from smartflow_streams import clock  # noqa: E402
+from smartflow_streams.core import clock  # noqa: E402
 from smartflow_streams.db.engine import create_engine, session_factory  # noqa: E402
 from smartflow_streams.db.models import notification_records, outbox_table, user_notification_channels  # noqa: E402
 from smartflow_streams.db.schema import upgrade_schema  # noqa: E402
-from smartflow_streams.embedded import free_port  # noqa: E402
+from smartflow_streams.cli.embedded import free_port  # noqa: E402
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger  # noqa: E402
-from support import (  # noqa: E402
+from tests.kit.feishu import FakeFeishu  # noqa: E402
+from tests.kit.support import (  # noqa: E402
     spawn_relay, spawn_worker, terminate, upstream_trigger_rows, wait_worker_ready, worker_env,
 )
 from smartflow_streams.db.models import active_schedule_triggers  # noqa: E402
@@ -55,22 +54,7 @@ LOGS = ROOT / "var" / "bench-logs"
 MAX_IN_FLIGHT = 16  # --max-in-flight
 
 
-class Webhook:
-    def __init__(self) -> None:
-        self.posts = 0
-        self.port = free_port()
-
-    async def start(self) -> web.AppRunner:
-        app = web.Application()
-        app.router.add_post("/flow/api/trigger-webhook/{token}", self.handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
-        return runner
-
-    async def handle(self, _request: web.Request) -> web.Response:
-        self.posts += 1
-        return web.json_response({"code": 0})
+Webhook = FakeFeishu  # used with count_only=True: answers success at once, keeps nothing
 
 
 async def fresh_database(base_url: str) -> str:
@@ -85,7 +69,7 @@ async def prepare(url: str, hook: Webhook, users: range, tag: str) -> tuple[conf
     engine = create_engine(settings)
     await upgrade_schema(engine)
     now = clock.db_now()
-    rows = [dict(user_id=u, channel="feishu_webhook", enabled=True, auth_type="none", webhook_kind="flow",
+    rows = [dict(user_id=u, channel="feishu_webhook", enabled=True, auth_type="none", bearer_token="", webhook_kind="flow",
                  webhook_url=f"http://127.0.0.1:{hook.port}/flow/api/trigger-webhook/bench-{u}",
                  created_at=now, updated_at=now) for u in users]
     async with engine.begin() as conn:
@@ -276,20 +260,16 @@ async def main() -> None:
     args = parser.parse_args()
     global MAX_IN_FLIGHT
     MAX_IN_FLIGHT = args.max_in_flight
-    hook = Webhook()
-    runner = await hook.start()
     results: dict[str, dict[str, float]] = {}
-    try:
+    async with FakeFeishu(count_only=True) as hook:
         with tansu() as bootstrap:
             if args.db == "mariadb":
                 with mariadb() as url:
                     await run_all(url, bootstrap, hook, args, results)
             else:
                 await run_all("sqlite", bootstrap, hook, args, results)
-    finally:
-        await runner.cleanup()
     print(f"\nmachine: {machine()}")
-    print(f"settings: db={args.db}, broker Tansu memory:// (Faust producer_max_batch_size=1, infra-notes 1.4), "
+    print(f"settings: db={args.db}, broker Tansu memory:// (Faust producer_max_batch_size=1, as Tansu needs), "
           f"rate limiter off, instant local webhook, 3 partitions, agents take batches of <= 200 events, "
           f"worker.max_in_flight={MAX_IN_FLIGHT} keys concurrently per agent")
     if not args.only_memory:

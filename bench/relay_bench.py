@@ -162,7 +162,7 @@ async def relay_drain(settings, n: int, fill: Fill | None = None, table: sa.Tabl
 
 async def baseline(settings, n: int, fill: Fill | None = None, table: sa.Table = TABLE,
                    service: str = "notification", fresh: Fresh | None = None) -> float:  # type: ignore[no-untyped-def]
-    """Upstream dispatch loop: scan 100 due rows, then per row: reload, parse, send and wait, mark."""
+    """Upstream dispatch loop (docs/upstream.md#relay-loop): scan 100 due rows, then per row: reload, parse, send and wait, mark."""
     TABLE = table  # noqa: N806 - the loop below reads the table under test
     engine = await (fresh or fresh_db)(settings.database_url)
     topic = settings.services[service].topic

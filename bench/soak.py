@@ -3,7 +3,7 @@
     .venv/bin/python bench/soak.py                       # every case, 120 s of load each at 10 triggers/s
     .venv/bin/python bench/soak.py --cases a,d --duration 600 --rate 20
 
-Starts its own MariaDB (``scripts/mariadb.sh``, private data folder under ``var/``), creates a fresh database per
+Starts its own MariaDB (the test kit's MariaDB starter, private data folder under ``var/``), creates a fresh database per
 case, and runs :data:`tests.faults.harness.CASES`. Each case appends one JSON line to ``var/fault-results.jsonl``
 (the same file the CI cases write) and prints a summary line; the exit status is non-zero when any case failed.
 Case ``e`` (database restart) starts its own private MariaDB, as in the tests.
@@ -18,11 +18,9 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "faults"))
+sys.path.insert(0, str(ROOT))  # the repository root: bench.common, tests.kit, tests.faults.harness
 
-import harness  # noqa: E402
+from tests.faults import harness  # noqa: E402
 from bench.common import mariadb, new_mysql_database  # noqa: E402
 
 

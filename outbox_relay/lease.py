@@ -1,8 +1,8 @@
 """Table lease: at most one active relay per outbox table (``SMARTFLOW_RELAY__EXCLUSIVE=true``, the default).
 
 Why: with several relays claiming disjoint batches of one table (SKIP LOCKED), two rows of one message key can
-be published by two relays at once and reach Kafka out of order (field-notes 1.2). One active relay per table
-keeps per-key order; the others stand by and take over within ``table_lease_seconds`` (10 s) of a crash.
+be published by two relays at once and reach Kafka out of order (docs/architecture.md#per-key-order). One active relay
+per table keeps per-key order; the others stand by and take over within ``table_lease_seconds`` (10 s) of a crash.
 The lease is also the holder's claim on every row of the table: it writes no per-row claim (that UPDATE cost ~40 %
 of the relay's database time), so a crashed holder's rows are still due for the next one. The price: a holder paused
 between its lease check and its publish for longer than the lease publishes that one batch (<= 500 rows) again
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.models import outbox_relay_leases as leases
 
 

@@ -6,8 +6,11 @@ Invariants:
   at most one in-flight batch per partition, so the order of rows of one key is the order on the partition.
 - Failures say whether a retry helps (:class:`DeliveryFailure`): only errors about the message itself (bigger
   than ``max_request_size``, corrupt) are permanent; the relay dead-letters those at once and retries the rest.
-- No idempotent or transactional producer (Tansu rejects InitProducerId v0; infra-notes 1.4): delivery is
-  at-least-once and consumers dedupe by outbox id.
+- No idempotent producer by default (Tansu rejects InitProducerId v0;
+  docs/operations.md#tansu-and-apache-kafka); ``relay.enable_idempotence`` turns it on for
+  Apache Kafka (needs ``acks=all``). Delivery stays at-least-once either way (a relay crash between ack and mark
+  republishes) and consumers dedupe by outbox id. Never transactional.
+- Connection security (TLS, SASL) comes from :mod:`smartflow_streams.core.kafka_security`, shared with the worker.
 - :meth:`KafkaPublisher.publish` never waits longer than ``publish_timeout_seconds`` (10 s): what is not
   acknowledged by then counts as failed and the rows go back to ``pending`` with backoff.
 """
@@ -31,9 +34,15 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from config import Settings
+from smartflow_streams.core.kafka_security import aiokafka_security_kwargs
+from smartflow_streams.core.preflight import OutageLog, describe
 
 log = logging.getLogger(__name__)
 
+
+START_RETRY_SECONDS = 1.0
+MAX_RETRY_SECONDS = 30.0
+"""Producer start retries back off from 1 s, doubling, to 30 s while the broker stays unreachable."""
 
 MAX_REQUEST_SIZE = 1_048_576
 """aiokafka's default ``max_request_size`` (the producer keeps it); a bigger message can never be delivered."""
@@ -64,6 +73,8 @@ class KafkaPublisher:
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._next_attempt = 0.0
+        self._retry_delay = START_RETRY_SECONDS
+        self.outage: OutageLog | None = None  # set by the relay: one log line per broker state change
 
     async def ready(self) -> bool:
         if self._producer is not None:
@@ -74,24 +85,26 @@ class KafkaPublisher:
         async with self._lock:
             if self._producer is not None:
                 return True
+            if loop.time() < self._next_attempt:  # another table's attempt failed while this one waited
+                return False
             relay = self.settings.relay
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.bootstrap_servers(),
-                acks="all" if relay.acks in ("all", "-1") else int(relay.acks),
-                linger_ms=relay.linger_ms,
-                max_batch_size=relay.max_batch_bytes,
-                request_timeout_ms=int(relay.publish_timeout_seconds * 1000),
-                enable_idempotence=False,
-                client_id=f"{self.settings.app_id}-relay",
-            )
+            producer = build_producer(self.settings)
             try:
                 await asyncio.wait_for(producer.start(), relay.topic_check_timeout_seconds)
             except Exception as exc:  # noqa: BLE001 - broker down is an expected state
-                log.warning("kafka producer not started (%s); retrying in 2 s", type(exc).__name__)
-                self._next_attempt = loop.time() + 2.0
+                delay = self._retry_delay
+                self._retry_delay = min(delay * 2, MAX_RETRY_SECONDS)
+                if self.outage is not None:
+                    self.outage.failed(exc, delay)
+                else:
+                    log.warning("kafka producer not started (%s); retrying in %g s", describe(exc), delay)
+                self._next_attempt = loop.time() + delay
                 await _stop_quietly(producer)
                 return False
             self._producer = producer
+            self._retry_delay = START_RETRY_SECONDS
+            if self.outage is not None:
+                self.outage.recovered()
             return True
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> dict[int, DeliveryFailure]:
@@ -203,6 +216,21 @@ class KafkaPublisher:
             await _stop_quietly(producer)
 
 
+def build_producer(settings: Settings) -> AIOKafkaProducer:
+    """The relay's producer (not started): acks, idempotence and security from the settings."""
+    relay = settings.relay
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers(),
+        acks="all" if relay.acks in ("all", "-1") else int(relay.acks),
+        linger_ms=relay.linger_ms,
+        max_batch_size=relay.max_batch_bytes,
+        request_timeout_ms=int(relay.publish_timeout_seconds * 1000),
+        enable_idempotence=relay.enable_idempotence,
+        client_id=f"{settings.app_id}-relay",
+        **aiokafka_security_kwargs(settings),
+    )
+
+
 @functools.lru_cache(maxsize=65_536)
 def _key_hash(key: bytes) -> int:
     return murmur2(key) & 0x7FFFFFFF
@@ -238,7 +266,8 @@ async def _stop_quietly(producer: AIOKafkaProducer) -> None:
 
 async def ensure_topics(settings: Settings, topics: Sequence[str], partitions: int, timeout: float) -> list[str]:
     """Create missing topics; returns the topics created. Raises on timeout or broker error (caller retries)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers(), request_timeout_ms=int(timeout * 1000))
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers(), request_timeout_ms=int(timeout * 1000),
+                                **aiokafka_security_kwargs(settings))
 
     async def run() -> list[str]:
         await admin.start()

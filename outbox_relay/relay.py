@@ -10,13 +10,15 @@ Invariants:
   consumers treat the second copy as a duplicate (outbox id).
 - Per-key order: rows are published in id order within a batch, batches one after another, one active relay per
   table (exclusive mode). It is kept under normal operation; a row that fails while later rows of its key succeed
-  is retried after them (upstream has the same property, spec 5).
+  is retried after them (upstream has the same property, docs/upstream.md#relay-loop).
 - Pipelining (MySQL): batch N waits for acks and is marked while N+1 is read (N's rows excluded: they are still
   pending) and built; N+1 is published only after N is marked, so a crash leaves at most one batch (500 rows)
   published but unmarked, as without pipelining.
 - Poison (unparseable shell) goes ``dead`` with the reason; Kafka failures go back with backoff (n² s), ``dead``
-  after ``max_retry`` (20). A broken DB or broker never ends the loop: the error is logged and the loop backs off
-  (0.1 s doubling to 5 s).
+  after ``max_retry`` (20). A broken DB or broker never ends the loop: the loop backs off (0.1 s doubling to 5 s;
+  producer and topic-check restarts 1 s doubling to 30 s) and the outage is logged once per state change, with a
+  reminder every ``relay.outage_reminder_seconds`` (:class:`~smartflow_streams.core.preflight.OutageLog`, one per
+  dependency shared by all tables), not once per retry.
 - Latency: the loop scans again at once after a full batch, ``partial_poll_ms`` (10 ms) after a partial one; a
   table with nothing due parks in :class:`~outbox_relay.wakeup.DueWatcher`, whose one probe statement for all idle
   tables backs off from 5 ms to ``idle_poll_max_ms`` (50 ms), so a lightly loaded relay publishes a new row within
@@ -27,6 +29,9 @@ Invariants:
   load fewer, bigger batches are cheaper: at 200 triggers/s through the pipeline (two tables active) the relay used
   46 % of a core with a 2 ms wait and 38 % with 10 ms (``bench/pipeline_bench.py`` latency runs, py-spy: a fifth
   of it in socket writes).
+- Tracing (``tracing.enabled``, off by default: then one boolean test per batch and nothing else): one PRODUCER
+  span per row from its commit to the broker's ack, parented by the row's ``trace_context``, and its W3C
+  ``traceparent`` header next to the upstream ``trace_id`` (:mod:`smartflow_streams.core.tracing`).
 """
 
 from __future__ import annotations
@@ -39,19 +44,23 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config import Settings
 from outbox_relay.lease import TableLease
+from smartflow_streams.core.logs import log_fields
 from outbox_relay.producer import KafkaPublisher, OutgoingMessage, ensure_topics
 from outbox_relay.wakeup import DueWatcher
-from smartflow_streams import clock, metrics
+from smartflow_streams.core import clock, metrics, tracing
 from smartflow_streams.catalog import RouteRegistry, ServiceRoute, registry as default_registry
 from smartflow_streams.contracts.envelope import KafkaEnvelope, parse_shell_and_payload
-from smartflow_streams.errors import ContractError, RouteNotRegisteredError
+from smartflow_streams.core.errors import ContractError, RouteNotRegisteredError
+from smartflow_streams.outbox.backlog import STATUSES, read_backlog
 from smartflow_streams.outbox.repository import Claim, OutboxRepository, OutboxRow
+from smartflow_streams.core.preflight import OutageLog, database_where
 
 log = logging.getLogger("outbox_relay")
 
@@ -81,6 +90,7 @@ class TableRelay:
     def __init__(
         self, route: ServiceRoute, engine: AsyncEngine, publisher: KafkaPublisher, settings: Settings,
         owner: str, stop: asyncio.Event, registry: RouteRegistry | None = None, watcher: DueWatcher | None = None,
+        db_outage: OutageLog | None = None,
     ) -> None:
         self.route, self.engine, self.publisher, self.settings = route, engine, publisher, settings
         self.stop = stop
@@ -94,6 +104,9 @@ class TableRelay:
         self._in_flight_ids: list[int] = []  # rows of the batch in flight: still pending, not to be read again
         self.watcher = watcher  # idle: park there (one probe for all idle tables) instead of polling this table
         self._nothing_due = False  # the last step read the table and found no due row
+        reminder = settings.relay.outage_reminder_seconds
+        self.db_outage = db_outage or OutageLog(log, "database", database_where(settings.database_url), reminder)
+        self._step_trouble = OutageLog(log, f"relay {self._label}:", "step", reminder, problem="failing")
 
     async def run(self) -> None:
         relay = self.settings.relay
@@ -106,13 +119,16 @@ class TableRelay:
                     await self._park()
                     n = -1  # woken by due rows (or stop, or a lost lease): read again at once
                 error_delay = 0.1
+                self.db_outage.recovered()
+                self._step_trouble.recovered()
             except Exception as exc:  # noqa: BLE001 - the loop must survive DB/broker outages
                 await self._abandon_in_flight()
                 self.stats.errors += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                log.warning("relay %s: step failed: %s", self._label, self.stats.last_error)
                 n, delay = 0, error_delay
                 error_delay = min(error_delay * 2, 5.0)
+                outage = self.db_outage if _is_database_error(exc) else self._step_trouble
+                outage.failed(exc, delay)
             else:
                 if n >= relay.batch_size or n < 0:
                     delay = 0.0
@@ -166,8 +182,10 @@ class TableRelay:
             self._nothing_due = True
             return 0
         messages, poison = self._build(claim.rows)
+        spans = (await tracing.start_publish_spans(self.engine, self.repo.table, self._label, claim.rows, messages)
+                 if tracing.active() else None)
         await self.drain()  # batch N is marked before N+1 is published
-        task = asyncio.create_task(self._publish_and_mark(claim, messages, poison, started))
+        task = asyncio.create_task(self._publish_and_mark(claim, messages, poison, started, spans))
         if self.engine.dialect.name == "sqlite":
             await task
         else:
@@ -199,8 +217,10 @@ class TableRelay:
             await previous
 
     async def _publish_and_mark(self, claim: Claim, messages: list[OutgoingMessage], poison: dict[int, str],
-                                started: float) -> None:
+                                started: float, spans: dict[int, Any] | None = None) -> None:
         failures = await self.publisher.publish(messages)
+        if spans:
+            tracing.end_publish_spans(spans, failures)
         for row_id, failure in failures.items():
             if not failure.retriable:
                 poison[row_id] = failure.reason
@@ -216,9 +236,12 @@ class TableRelay:
         dead_now = len(poison) + sum(1 for s in outcomes.values() if s == "dead")
         retried = sum(1 for s in outcomes.values() if s == "pending")
         self._record(claim.rows, published, retried, dead_now, time.perf_counter() - started, ok_ids)
+        for row_id, reason in poison.items():  # rare (a message Kafka can never take): one line per row
+            log.warning("relay %s: outbox_id=%d -> dead: %s", self._label, row_id, reason,
+                        extra=log_fields(service=self._label, outbox_id=row_id))
         if failed:
             log.warning("relay %s: %d of %d rows not delivered (%s)", self._label, len(failed), len(claim.rows),
-                        next(iter(failed.values())))
+                        next(iter(failed.values())), extra=log_fields(service=self._label))
 
     async def _abandon_in_flight(self) -> None:
         """After a failed step: let the batch in flight finish if it can; its failure was or will be logged once."""
@@ -266,7 +289,7 @@ class TableRelay:
     def _destination(self, row: OutboxRow) -> tuple[str, str]:
         if row.service_name:
             return row.service_name, row.topic or self.registry.service_route(row.service_name).topic
-        # Legacy row without service_name (trap 14): relay it to its event type's owner.
+        # Legacy row without service_name: relay it to its owner (docs/upstream.md#legacy-rows-without-a-service-name).
         try:
             owner = self.registry.owner_of(row.biz_type)
         except RouteNotRegisteredError:
@@ -298,14 +321,16 @@ class TableRelay:
     async def refresh_backlog(self) -> None:
         t = self.repo.table
         async with self.engine.connect() as conn:
-            counts = dict((await conn.execute(sa.select(t.c.status, sa.func.count()).group_by(t.c.status))).all())
-            oldest = (await conn.execute(
-                sa.select(sa.func.min(t.c.created_at)).where(t.c.status == "pending"))).scalar()
-        self.stats.counts = {str(k): int(v) for k, v in counts.items()}
-        for status in ("pending", "published", "consumed", "dead"):
+            backlog = await read_backlog(conn, t)
+        self.stats.counts = backlog.counts
+        for status in STATUSES:
             metrics.outbox_backlog.labels(self._label, status).set(self.stats.counts.get(status, 0))
-        age = (clock.db_now() - oldest).total_seconds() if oldest is not None else 0.0
-        metrics.outbox_oldest_pending.labels(self._label).set(max(0.0, age))
+        metrics.outbox_oldest_pending.labels(self._label).set(backlog.oldest_pending_seconds(clock.db_now()))
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """Errors of the database connection (the step's only I/O besides Kafka, whose failures are return values)."""
+    return isinstance(exc, (sa.exc.SQLAlchemyError, OSError, asyncio.TimeoutError))
 
 
 def _group(reasons: dict[int, str]) -> dict[str, list[int]]:
@@ -342,10 +367,15 @@ class Relay:
         self.stop = asyncio.Event()
         self.owner = relay_owner_id()
         self.publisher = KafkaPublisher(settings)
+        reminder = settings.relay.outage_reminder_seconds
+        self.publisher.outage = OutageLog(log, "kafka broker", settings.kafka_bootstrap, reminder)
+        self.topics_outage = OutageLog(log, "kafka broker (topic check)", settings.kafka_bootstrap, reminder)
+        self.db_outage = OutageLog(log, "database", database_where(settings.database_url), reminder)
         self.watcher = DueWatcher(engine, IDLE_PROBE_MIN_MS, settings.relay.idle_poll_max_ms,
                                   settings.relay.idle_deep_poll_ms, settings.relay.idle_deep_after_seconds)
         self.tables = [
-            TableRelay(route, engine, self.publisher, settings, self.owner, self.stop, self.registry, self.watcher)
+            TableRelay(route, engine, self.publisher, settings, self.owner, self.stop, self.registry,
+                       watcher=self.watcher, db_outage=self.db_outage)
             for route in routes_for(settings, self.registry)
         ]
         self.topics_ready = False
@@ -368,16 +398,19 @@ class Relay:
     async def _provision_topics(self) -> None:
         topics = sorted({t.route.topic for t in self.tables})
         timeout = self.settings.relay.topic_check_timeout_seconds
+        delay = 1.0
         while not self.stop.is_set():
             try:
                 created = await ensure_topics(self.settings, topics, self.settings.relay.topic_partitions, timeout)
                 self.topics_ready = True
+                self.topics_outage.recovered()
                 log.info("relay topics ready (%d, created %s)", len(topics), created or "none")
                 return
             except Exception as exc:  # noqa: BLE001
-                log.warning("relay topic check failed (%s: %s); retrying in 5 s", type(exc).__name__, exc)
+                self.topics_outage.failed(exc, delay)
             try:
-                await asyncio.wait_for(self.stop.wait(), 5)
+                wait, delay = delay, min(delay * 2, 30.0)
+                await asyncio.wait_for(self.stop.wait(), wait)
             except asyncio.TimeoutError:
                 pass
 
@@ -404,7 +437,7 @@ class Relay:
                     s = t.stats
                     log.info("relay %s: claimed=%d published=%d retried=%d dead=%d batches=%d errors=%d rows=%s",
                              t.route.service_name, s.claimed, s.published, s.retried, s.dead, s.batches,
-                             s.errors, s.counts)
+                             s.errors, s.counts, extra=log_fields(service=t.route.service_name))
             try:
                 await asyncio.wait_for(self.stop.wait(), backlog_every)
             except asyncio.TimeoutError:

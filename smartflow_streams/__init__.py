@@ -11,7 +11,7 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name == "app":
-        from smartflow_streams.faust_app import app
+        from smartflow_streams.startup.faust_app import app
 
         return app
     raise AttributeError(f"module 'smartflow_streams' has no attribute {name!r}")

@@ -1,13 +1,14 @@
 """Service catalog and route registry: ``event_type -> service -> (table, topic, consumer group)``.
 
-Invariants (upstream spec 3):
+Invariants (docs/upstream.md#services-and-routes):
 - An event type has exactly one owning service: the one that *consumes* it. Registering the same pair again
   is a no-op; registering it for a different service raises :class:`RouteConflictError`.
 - Resolving a service's route: an explicitly registered route first, then the catalog defaults with config
   overrides (``SMARTFLOW_SERVICES__<SVC>__{TOPIC,GROUP_ID,TABLE}``), then the naming convention
   (``<svc with - as _>_outbox_messages``, ``smartflow.<svc>.outbox``, ``smartflow-<svc>-outbox-consumer``).
 - Resolving an event whose type is not registered raises :class:`RouteNotRegisteredError`: never a default.
-- An empty service name resolves to the ``agent`` route only for legacy *rows* (trap 14); the relay uses
+- An empty service name resolves to the ``agent`` route only for legacy *rows*
+  (docs/upstream.md#legacy-rows-without-a-service-name); the relay uses
   :meth:`RouteRegistry.owner_of` for those instead, so they reach their real owner.
 """
 
@@ -18,7 +19,7 @@ import threading
 from dataclasses import dataclass
 
 from config import Settings, get_settings
-from smartflow_streams.errors import RouteConflictError, RouteError, RouteNotRegisteredError
+from smartflow_streams.core.errors import RouteConflictError, RouteError, RouteNotRegisteredError
 
 AGENT = "agent"
 TASK = "task"
@@ -33,7 +34,7 @@ BUILTIN_SERVICES: tuple[str, ...] = (
     AGENT, TASK, MEMORY, ACTIVE_SCHEDULER, NOTIFICATION, TASKCLASS_FORUM, LLM, TOKEN_STORE,
 )
 
-# Upstream spec 3.3: event type -> owning (consuming) service.
+# docs/upstream.md#event-ownership: event type -> owning (consuming) service.
 BUILTIN_EVENT_OWNERS: dict[str, str] = {
     "chat.history.persist.requested": AGENT,
     "chat.token.usage.adjust.requested": AGENT,
@@ -48,8 +49,8 @@ BUILTIN_EVENT_OWNERS: dict[str, str] = {
     "credit.charge.requested": TOKEN_STORE,
 }
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # always fullmatch: "$" would accept a trailing newline
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def _check_service(service: str) -> str:
     name = (service or "").strip()
     if not name:
         raise RouteError("service name is empty")
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise RouteError(f"invalid service name {service!r}")
     return name
 
@@ -107,7 +108,7 @@ class RouteRegistry:
 
     def register_route(self, route: ServiceRoute) -> None:
         _check_service(route.service_name)
-        if not _TABLE_RE.match(route.table):
+        if not _TABLE_RE.fullmatch(route.table):
             raise RouteError(f"invalid table name {route.table!r}")
         with self._lock:
             self._routes[route.service_name] = route
@@ -130,7 +131,7 @@ class RouteRegistry:
         if override is None:
             return base
         table = override.table or base.table
-        if not _TABLE_RE.match(table):
+        if not _TABLE_RE.fullmatch(table):
             raise RouteError(f"invalid table override {table!r} for service {service}")
         return ServiceRoute(service, table, override.topic or base.topic, override.group_id or base.group_id)
 

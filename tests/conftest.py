@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -16,14 +15,15 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import config
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.engine import create_engine, session_factory
 from smartflow_streams.db.schema import upgrade_schema
-from smartflow_streams.embedded import free_port, start_tansu, stop_process
+from tests.kit.broker import tansu_broker
+from tests.kit.mariadb import MariaDBServer, new_database
+from tests.kit.mariadb import drop_database as drop_server_database
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -34,20 +34,9 @@ def mariadb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if existing:
         yield existing
         return
-    datadir = tmp_path_factory.mktemp("mariadb")
-    script = ROOT / "scripts" / "mariadb.sh"
-    for attempt in range(3):  # a free port can be taken by someone else before the server binds it
-        port = free_port()
-        result = subprocess.run(["bash", str(script), "start", str(datadir), str(port)], capture_output=True,
-                                text=True, timeout=120)
-        if result.returncode == 0:
-            break
-        subprocess.run(["bash", str(script), "stop", str(datadir), str(port)], check=False)
-    else:
-        raise RuntimeError(f"MariaDB did not start: {result.stderr[-2000:]}")
-    url = result.stdout.strip().splitlines()[-1]
-    yield url
-    subprocess.run(["bash", str(script), "stop", str(datadir), str(port)], check=False)
+    server = MariaDBServer(tmp_path_factory.mktemp("mariadb"))
+    yield server.start()
+    server.stop()
 
 
 @dataclass
@@ -64,12 +53,7 @@ async def make_database(kind: str, tmp_path: pathlib.Path, mariadb_url: str | No
         url = f"sqlite+aiosqlite:///{tmp_path / f'db-{uuid.uuid4().hex[:6]}.sqlite'}"
     else:
         assert mariadb_url is not None
-        name = f"t_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(config.load_settings(database_url=mariadb_url))
-        async with admin.begin() as conn:
-            await conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-        await admin.dispose()
-        url = make_url(mariadb_url).set(database=name).render_as_string(hide_password=False)
+        url = await new_database(mariadb_url, "t")
     settings = config.load_settings(database_url=url, **overrides)
     config.set_settings(settings)
     engine = create_engine(settings)
@@ -79,10 +63,7 @@ async def make_database(kind: str, tmp_path: pathlib.Path, mariadb_url: str | No
 async def drop_database(db: DB, mariadb_url: str | None) -> None:
     await db.engine.dispose()
     if db.kind == "mariadb" and mariadb_url:
-        admin = create_engine(config.load_settings(database_url=mariadb_url))
-        async with admin.begin() as conn:
-            await conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {make_url(db.url).database}")
-        await admin.dispose()
+        await drop_server_database(mariadb_url, db.url)
 
 
 @pytest.fixture(params=["sqlite", "mariadb"])
@@ -109,18 +90,14 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if existing:
         yield existing
         return
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("tansu") / "tansu.log", "wb")
-    proc = start_tansu(port, log)
-    yield f"127.0.0.1:{port}"
-    stop_process(proc)
-    log.close()
+    with tansu_broker(tmp_path_factory.mktemp("tansu") / "tansu.log") as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _no_leftover_processes() -> Iterator[None]:
     yield
-    from support import kill_leftovers
+    from tests.kit.support import kill_leftovers
 
     kill_leftovers()
 

@@ -2,7 +2,7 @@ import pytest
 
 import config
 from smartflow_streams.catalog import BUILTIN_SERVICES, RouteRegistry, ServiceRoute, registry
-from smartflow_streams.errors import RouteConflictError, RouteError, RouteNotRegisteredError
+from smartflow_streams.core.errors import RouteConflictError, RouteError, RouteNotRegisteredError
 
 
 def test_builtin_routes_match_upstream_table() -> None:
@@ -59,3 +59,27 @@ def test_bad_table_override_is_rejected() -> None:
     reg = RouteRegistry(config.load_settings(services={"task": {"table": "x; drop table y"}}))
     with pytest.raises(RouteError, match="invalid table override"):
         reg.service_route("task")
+
+
+@pytest.mark.parametrize("table", ["task_outbox\n", "task_outbox\nunion", "1task", "a" * 65])
+def test_table_names_must_match_in_full(table: str) -> None:
+    reg = RouteRegistry(config.load_settings(services={"task": {"table": table}}))
+    with pytest.raises(RouteError, match="invalid table override"):
+        reg.service_route("task")
+    with pytest.raises(RouteError, match="invalid table name"):
+        reg.register_route(ServiceRoute("custom", table, "t", "g"))
+
+
+def test_id_filter_quotes_the_table_name() -> None:
+    """A table name that is a reserved word still gives valid SQL: the id filter is rendered by SQLAlchemy."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import mysql, sqlite
+
+    from smartflow_streams.db.models import outbox_table
+    from smartflow_streams.outbox.repository import _id_in
+
+    table = outbox_table("select")
+    assert "`select`.id IN (1,2)" in str(sa.select(table.c.id).where(_id_in(table, [1, 2])).compile(
+        dialect=mysql.dialect()))
+    assert '"select".id NOT IN (3)' in str(sa.delete(table).where(_id_in(table, [3], negate=True)).compile(
+        dialect=sqlite.dialect()))

@@ -48,6 +48,21 @@ def test_masked_hides_secrets() -> None:
     assert "topsecret" not in text and "adm-123456" not in text and "tok-abcdef" not in text
 
 
+def test_masked_hides_faust_credentials() -> None:
+    s = config.load_settings(faust={"broker_credentials": {"username": "u", "password": "faust-pw-123"},
+                                    "broker": "kafka://user:kafka-pw-456@127.0.0.1:9092", "web_port": 6066})
+    faust = s.masked()["faust"]
+    assert faust["broker_credentials"] == "****" and faust["web_port"] == 6066
+    assert "faust-pw-123" not in str(faust) and "kafka-pw-456" not in str(faust)
+
+
+@pytest.mark.parametrize("overrides", [{"admin_token": "adm-123"}, {"api_tokens": {"short": 3, "long-enough": 4}}])
+def test_short_tokens_are_refused_at_start(overrides: dict) -> None:
+    with pytest.raises(config.ConfigError, match="at least 8 characters|shorter than 8 characters"):
+        config.load_settings(**overrides)
+    assert config.load_settings(admin_token="").admin_token is not None  # empty: admin routes disabled
+
+
 def _env_keys() -> list[str]:
     import importlib.util
     import pathlib

@@ -1,7 +1,8 @@
-"""Wire contracts shared with the upstream Go services: shell, Kafka envelope, event payloads, dedupe keys.
+"""Wire contracts shared with the upstream Go services: shell, Kafka envelope, event payloads, dedupe keys; Go JSON
+(:mod:`.gojson`) and Go time (:mod:`.gotime`) rules kept apart from the models that use them.
 
 Everything here is byte-compatible with Go's ``encoding/json`` output so Go and Python can run side by side;
-every validation failure raises :class:`~smartflow_streams.errors.ContractError` (poison, never retried).
+every validation failure raises :class:`~smartflow_streams.core.errors.ContractError` (poison, never retried).
 """
 
 from smartflow_streams.contracts.dedupe import (
@@ -20,12 +21,9 @@ from smartflow_streams.contracts.envelope import (
     KafkaEnvelope,
     OutboxEventShell,
     check_contract_version,
-    compact_raw_json,
-    go_json_string,
-    go_json_value,
-    go_trim_space,
     try_outbox_id,
 )
+from smartflow_streams.contracts.gojson import compact_raw_json, go_json_string, go_json_value, go_trim_space
 from smartflow_streams.contracts.events import (
     ACTIVE_SCHEDULE_TRIGGERED,
     ACTIVE_SCHEDULE_TRIGGERED_VERSION,

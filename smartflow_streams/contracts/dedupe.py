@@ -1,6 +1,7 @@
-"""Dedupe keys and ids, byte-identical to upstream (spec 8.3, 12) so Go and Python rows dedupe against each other.
+"""Dedupe keys and ids, byte-identical to upstream (docs/upstream.md#dedupe-keys, docs/upstream.md#id-formats) so Go
+and Python rows dedupe against each other.
 
-Key formats (window = 1800 s unless stated; "window start" = :func:`~smartflow_streams.timefmt.window_start`,
+Key formats (window = 1800 s unless stated; "window start" = :func:`~smartflow_streams.contracts.gotime.window_start`,
 rendered with Go ``time.RFC3339`` - no fraction - **in the timestamp's own zone**, e.g. ``+08:00`` or ``Z``):
 
 * notification: ``<user_id>:<trim(trigger_type)>:<window start of requested_at>``; ``""`` when ``user_id <= 0`` or
@@ -28,9 +29,9 @@ import uuid
 from datetime import datetime, tzinfo
 from enum import Enum
 
-from smartflow_streams.contracts.envelope import go_trim_space
+from smartflow_streams.contracts.gojson import go_trim_space
 from smartflow_streams.contracts.events import TargetType, TriggerType
-from smartflow_streams.timefmt import (
+from smartflow_streams.contracts.gotime import (
     DEFAULT_WINDOW_SECONDS,
     GO_ZERO_TIME_TEXT,
     format_rfc3339_seconds,

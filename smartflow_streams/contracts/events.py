@@ -1,4 +1,5 @@
-"""Event contracts ``active_schedule.triggered`` and ``notification.feishu.requested`` (spec 7.1, 7.2), version "1".
+"""Event contracts ``active_schedule.triggered`` and ``notification.feishu.requested``
+(docs/upstream.md#event-contracts), version "1".
 
 Both models are byte-compatible with the Go structs in ``backend/shared/events`` (@ba23ebd, @abe3b49):
 
@@ -8,7 +9,7 @@ Both models are byte-compatible with the Go structs in ``backend/shared/events``
   non-pointer fields (zero value), nanosecond times with any offset (digits 7-9 are **truncated** to
   microseconds, so only times with <= 6 fractional digits round-trip byte-identically), zero times.
 * Validation mirrors Go's ``Validate()`` rule for rule and in the same order; the first failing rule is
-  reported as a :class:`~smartflow_streams.errors.ContractError` (decode errors such as a string ``user_id``
+  reported as a :class:`~smartflow_streams.core.errors.ContractError` (decode errors such as a string ``user_id``
   are reported the same way). Enum-like fields are plain strings checked after Go ``TrimSpace``, exactly as Go
   does, so the original text round-trips.
 * Missing fields take Go's zero values (``0``, ``""``, zero time) and are then caught by the rules, which
@@ -23,9 +24,10 @@ from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import PlainValidator, model_validator
 
-from smartflow_streams.contracts.envelope import GoInt, GoObjectWriter, GoWireModel, RawJSON, go_trim_space
-from smartflow_streams.errors import ContractError
-from smartflow_streams.timefmt import GO_ZERO_TIME, format_go_time, is_go_zero, parse_go_time, to_zone
+from smartflow_streams.contracts.envelope import GoInt, GoWireModel, RawJSON
+from smartflow_streams.contracts.gojson import GoObjectWriter, go_trim_space
+from smartflow_streams.core.errors import ContractError
+from smartflow_streams.contracts.gotime import GO_ZERO_TIME, format_go_time, is_go_zero, parse_go_time, to_zone
 
 ACTIVE_SCHEDULE_TRIGGERED = "active_schedule.triggered"
 ACTIVE_SCHEDULE_TRIGGERED_VERSION = "1"

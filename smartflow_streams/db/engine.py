@@ -5,6 +5,8 @@
 - SQLite: WAL, ``busy_timeout`` 10 s, and every transaction starts with ``BEGIN IMMEDIATE`` so two processes never
   deadlock upgrading a read lock to a write lock (SQLite answers that case with an immediate "database is locked").
   SQLite has no row locks: writers are serialised, which is what makes its single-statement claim atomic.
+- Both: ``hide_parameters=True``, so an error's text never carries the statement's bound values (row data,
+  payloads) into ``last_error``, logs or served views.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def create_engine(settings: Settings, *, pool_size: int = 10, echo: bool = False
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30}, hide_parameters=True)
         _sqlite_pragmas(engine)
         return engine
     return create_async_engine(
@@ -34,6 +36,7 @@ def create_engine(settings: Settings, *, pool_size: int = 10, echo: bool = False
         pool_recycle=3600,
         pool_pre_ping=True,
         isolation_level="READ COMMITTED",
+        hide_parameters=True,
     )
 
 

@@ -1,10 +1,14 @@
 """Table definitions (SQLAlchemy Core), schema-compatible with the upstream Go/GORM tables.
 
 Invariants:
-- Column names, types and status strings are upstream's (spec 2.1, 8.1, 9.1) so Go and Python processes can
+- Column names, types and status strings are upstream's (docs/upstream.md#outbox-tables,
+  docs/upstream.md#active-scheduler-tables, docs/upstream.md#notification-records) so Go and Python processes can
   share one database. Columns we add are nullable or defaulted, so rows written by the Go services still work:
   outbox ``claim_token`` (relay lease owner; the lease expiry reuses ``next_retry_at``), channel ``webhook_kind``,
-  ``sign_secret``, ``msg_type``, record ``send_token``.
+  ``sign_secret``, ``msg_type``, record ``send_token``. ``active_schedule_previews`` is the Go table exactly (key
+  ``preview_id``). Go NOT NULL columns are NOT NULL here too; those without a Go default that the project must
+  always name (previews ``base_version``/``expires_at``/``generated_at``, channel ``webhook_url``/``bearer_token``)
+  have no default here either, so a fresh project database rejects the incomplete inserts the Go database would.
 - DB datetimes are naive wall-clock times in the configured zone (Go DSN ``loc=Local``, ``Asia/Shanghai``),
   DATETIME(3) on MySQL like GORM.
 - Index names follow upstream on MySQL; SQLite index names are global, so there they get the table name as a
@@ -73,8 +77,8 @@ def _outbox_columns() -> list[sa.Column]:
         sa.Column("message_key", sa.String(128), nullable=False),
         sa.Column("payload", LongText, nullable=False),
         sa.Column("status", sa.String(32), nullable=False),
-        sa.Column("retry_count", sa.Integer, nullable=False, server_default="0"),
-        sa.Column("max_retry", sa.Integer, nullable=False, server_default="20"),
+        sa.Column("retry_count", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("max_retry", sa.BigInteger, nullable=False, server_default="20"),
         sa.Column("next_retry_at", DateTime, nullable=True),
         sa.Column("last_error", sa.Text, nullable=True),
         sa.Column("published_at", DateTime, nullable=True),
@@ -84,6 +88,9 @@ def _outbox_columns() -> list[sa.Column]:
         # Added by smartflow-streams: the relay's claim. NULL = unclaimed. While claimed, next_retry_at holds the
         # lease expiry, so the upstream due-scan index (status, next_retry_at) also serves lease recovery.
         sa.Column("claim_token", sa.String(64), nullable=True),
+        # Added by smartflow-streams: W3C trace context (JSON carrier, <= 512 chars) of the event whose handler wrote
+        # the row, so the relay's publish joins that trace (smartflow_streams.core.tracing). NULL = none (Go rows).
+        sa.Column("trace_context", sa.String(512), nullable=True),
     ]
 
 
@@ -113,8 +120,8 @@ notification_records = sa.Table(
     sa.Column("fallback_text", sa.Text, nullable=True),
     sa.Column("fallback_used", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("status", sa.String(32), nullable=False, server_default="pending"),
-    sa.Column("attempt_count", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("max_attempts", sa.Integer, nullable=False, server_default="5"),
+    sa.Column("attempt_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.BigInteger, nullable=False, server_default="5"),
     sa.Column("next_retry_at", DateTime, nullable=True),
     sa.Column("last_error_code", sa.String(64), nullable=True),
     sa.Column("last_error", sa.Text, nullable=True),
@@ -144,9 +151,11 @@ user_notification_channels = sa.Table(
     sa.Column("user_id", sa.BigInteger, nullable=False),
     sa.Column("channel", sa.String(32), nullable=False),
     sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
-    sa.Column("webhook_url", sa.Text, nullable=True),
+    # NOT NULL without a server default, as upstream; bearer_token gets ``""`` client-side when an insert leaves it
+    # out (what GORM writes for an empty string), so no insert of ours can trip the Go table's constraint.
+    sa.Column("webhook_url", sa.Text, nullable=False),
     sa.Column("auth_type", sa.String(32), nullable=False, server_default="none"),
-    sa.Column("bearer_token", sa.Text, nullable=True),
+    sa.Column("bearer_token", sa.Text, nullable=False, default=""),
     sa.Column("last_test_status", sa.String(32), nullable=True),
     sa.Column("last_test_error", sa.Text, nullable=True),
     sa.Column("last_test_at", DateTime, nullable=True),
@@ -237,20 +246,35 @@ JOB_INDEXES = [
 active_schedule_previews = sa.Table(
     "active_schedule_previews",
     metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("trigger_id", sa.String(64), nullable=False),
+    # Upstream's table column for column (key ``preview_id``, ``asp_<uuid4>``); nothing of ours is added here.
+    # ``base_version``, ``expires_at`` and ``generated_at`` are NOT NULL without a default, as upstream: every
+    # insert names them (see :mod:`smartflow_streams.scheduler.workflow`).
+    sa.Column("preview_id", sa.String(64), primary_key=True),
     sa.Column("user_id", sa.BigInteger, nullable=False),
+    sa.Column("trigger_id", sa.String(64), nullable=False),
     sa.Column("trigger_type", sa.String(64), nullable=False),
     sa.Column("target_type", sa.String(64), nullable=False),
-    sa.Column("target_id", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("target_id", sa.BigInteger, nullable=False),
     sa.Column("status", sa.String(32), nullable=False, server_default="pending"),
-    sa.Column("apply_status", sa.String(32), nullable=False, server_default="none"),
-    sa.Column("apply_idempotency_key", sa.String(191), nullable=True),
-    sa.Column("summary_text", sa.Text, nullable=True),
+    sa.Column("selected_candidate_id", sa.String(64), nullable=True),
+    sa.Column("candidate_count", sa.BigInteger, nullable=False, server_default="0"),
+    *[sa.Column(name, JSONText, nullable=True) for name in (
+        "selected_candidate_json", "candidates_json", "decision_json", "metrics_json", "issues_json",
+        "context_summary_json", "before_summary_json", "preview_changes_json", "after_summary_json", "risk_json")],
+    sa.Column("explanation_text", sa.Text, nullable=True),
     sa.Column("notification_summary", sa.Text, nullable=True),
-    sa.Column("preview_json", JSONText, nullable=True),
-    sa.Column("generated_at", DateTime, nullable=True),
-    sa.Column("expires_at", DateTime, nullable=True),
+    sa.Column("base_version", sa.String(128), nullable=False),
+    sa.Column("expires_at", DateTime, nullable=False),
+    sa.Column("generated_at", DateTime, nullable=False),
+    sa.Column("apply_id", sa.String(64), nullable=True),
+    sa.Column("apply_status", sa.String(32), nullable=False, server_default="none"),
+    sa.Column("apply_candidate_id", sa.String(64), nullable=True),
+    sa.Column("apply_idempotency_key", sa.String(191), nullable=True),
+    sa.Column("apply_request_hash", sa.String(128), nullable=True),
+    sa.Column("applied_changes_json", JSONText, nullable=True),
+    sa.Column("applied_event_ids_json", JSONText, nullable=True),
+    sa.Column("apply_error", sa.Text, nullable=True),
+    sa.Column("applied_at", DateTime, nullable=True),
     sa.Column("trace_id", sa.String(64), nullable=True),
     sa.Column("created_at", DateTime, nullable=True),
     sa.Column("updated_at", DateTime, nullable=True),
@@ -258,9 +282,13 @@ active_schedule_previews = sa.Table(
 )
 
 PREVIEW_INDEXES = [
-    ("uk_active_preview_apply_idem", ("id", "apply_idempotency_key"), True),
-    ("idx_active_previews_trigger", ("trigger_id",), False),
-    ("idx_active_previews_user_created", ("user_id", "created_at"), False),
+    ("uk_active_previews_apply_idempotency", ("preview_id", "apply_idempotency_key"), True),
+    ("idx_active_previews_user_created_at", ("user_id", "created_at"), False),
+    ("idx_active_previews_trigger_id", ("trigger_id",), False),
+    ("idx_active_previews_expires_at", ("expires_at",), False),
+    ("idx_active_previews_apply_id", ("apply_id",), False),
+    ("idx_active_previews_trace_id", ("trace_id",), False),
+    ("idx_active_schedule_previews_deleted_at", ("deleted_at",), False),
 ]
 
 # Our own: leader lease per outbox table (relay exclusive mode) and the admin audit trail.
@@ -286,7 +314,8 @@ outbox_admin_audit = sa.Table(
 )
 
 # Ours: Kafka messages that cannot be tied to an outbox row (invalid JSON, no outbox_id). Upstream committed them
-# silently (trap 16); here they end in a visible dead state with the reason and the raw bytes (first 64 KiB).
+# silently (docs/upstream.md#malformed-messages-end-dead); here they end in a visible dead state with the reason and
+# the raw bytes (first 64 KiB).
 outbox_dead_messages = sa.Table(
     "outbox_dead_messages",
     metadata,

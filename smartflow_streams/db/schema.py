@@ -3,6 +3,19 @@
 Works on an existing upstream database (tables made by GORM): nothing is dropped, renamed or retyped, rows are
 kept; only our nullable/defaulted columns (``claim_token``, ``send_token``, ...) and missing indexes are added.
 Running it twice changes nothing the second time (:func:`upgrade_schema` returns the list of changes made).
+
+On a database the Go services made, the complete list of changes is: ``claim_token`` and the ``idx_outbox_claim``
+index on each outbox table, ``notification_records.send_token``, ``user_notification_channels.webhook_kind`` /
+``sign_secret`` / ``msg_type``, and our own three tables (``outbox_relay_leases``, ``outbox_admin_audit``,
+``outbox_dead_messages``). An index is "present" when an index with the same columns exists, whatever its name.
+
+A column added to an existing table is always added NULL-able (a NOT NULL column without a default cannot be added
+to a table with rows on SQLite, and MySQL would fill it with zero values); fresh tables get the exact definition.
+
+One rename, of our own legacy only: ``active_schedule_previews`` made by smartflow-streams before it used the
+Go key column had ``id`` where the Go table has ``preview_id``; when ``id`` exists and ``preview_id`` does not, the
+column is renamed (SQLite >= 3.25, MariaDB >= 10.5, MySQL >= 8.0). A Go-made table always has ``preview_id``,
+so this never touches it.
 """
 
 from __future__ import annotations
@@ -63,10 +76,14 @@ async def _upgrade_table(
         present_idx: set[tuple[str, ...]] = set()
     else:
         present_cols = set(await conn.run_sync(lambda c: [col["name"] for col in sa.inspect(c).get_columns(table.name)]))
+        changes += await _rename_legacy_columns(conn, table.name, present_cols)
         present_idx = set(await conn.run_sync(lambda c: _index_columns(c, table.name)))
     for column in table.columns:
         if column.name in present_cols:
             continue
+        if not column.nullable and column.server_default is None and not column.primary_key:
+            column = column._copy()
+            column.nullable = True
         ddl = CreateColumn(column).compile(dialect=conn.dialect)
         await conn.exec_driver_sql(f"ALTER TABLE {_quote(conn, table.name)} ADD COLUMN {ddl}")
         changes.append(f"added column {table.name}.{column.name}")
@@ -80,6 +97,22 @@ async def _upgrade_table(
             f"CREATE {kind} {_quote(conn, idx_name)} ON {_quote(conn, table.name)} ({quoted_cols})"
         )
         changes.append(f"created index {idx_name} on {table.name}")
+    return changes
+
+
+LEGACY_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {"active_schedule_previews": (("id", "preview_id"),)}
+"""Our own earlier column names, renamed to the Go name when only the old one exists (module docstring)."""
+
+
+async def _rename_legacy_columns(conn: AsyncConnection, table: str, present_cols: set[str]) -> list[str]:
+    changes: list[str] = []
+    for old, new in LEGACY_RENAMES.get(table, ()):
+        if old in present_cols and new not in present_cols:
+            await conn.exec_driver_sql(
+                f"ALTER TABLE {_quote(conn, table)} RENAME COLUMN {_quote(conn, old)} TO {_quote(conn, new)}")
+            present_cols.discard(old)
+            present_cols.add(new)
+            changes.append(f"renamed column {table}.{old} to {new}")
     return changes
 
 

@@ -1,5 +1,5 @@
-"""Notification delivery: Feishu webhook providers (:mod:`.providers`) and per-webhook rate limiting (:mod:`.limiter`).
+"""Notification delivery: Feishu webhook providers (:mod:`.feishu.provider`) and per-webhook rate limiting (:mod:`.limiter`).
 
 This package only talks HTTP; the notification record state machine (pending/sending/sent/failed/dead/skipped) lives
-elsewhere and calls :meth:`providers.WebhookProvider.send` once per attempt.
+elsewhere and calls :meth:`feishu.provider.WebhookProvider.send` once per attempt.
 """

@@ -1,6 +1,7 @@
 """Per-webhook rate limiting: a per-second token bucket plus a sliding per-minute window, per key.
 
-Feishu custom bots accept at most **5 requests/second and 100 requests/minute** per bot (field notes C.3); going
+Feishu custom bots accept at most **5 requests/second and 100 requests/minute** per bot
+(docs/upstream.md#feishu-custom-bot); going
 over answers ``11232 frequency limited``. :class:`RateLimiter` keeps, for every key (the webhook URL):
 
 * a token bucket of capacity ``max(1, rate_per_second)`` (default 5) refilled at ``rate_per_second`` tokens/s,
@@ -13,7 +14,12 @@ over answers ``11232 frequency limited``. :class:`RateLimiter` keeps, for every 
 A request is granted only when both allow it. Invariants and limits:
 
 * keys are stored as SHA-256 digests, never in plaintext (a webhook URL embeds its credential);
-* callers of one key are served in arrival order (one :class:`asyncio.Lock` per key); keys never block each other;
+* callers of one key are served in arrival order: each caller reserves the earliest slot after the ones already
+  reserved (no lock is held while sleeping); keys never block each other;
+* ``acquire(key, max_wait=s)`` never sleeps longer than ``s``: when the reserved slot would be further away it
+  reserves nothing and raises :class:`RateLimitWait` carrying the wait, which the provider turns into a temporary
+  failure with that wait as retry-after (a bot past its 100/min quota answers at once instead of sleeping ~40 s
+  in front of everyone else's sends);
 * limiting is per process; several workers sending to one bot each get the full quota;
 * at most ``max_keys`` (default 10,000) key states are kept; idle ones (bucket full, window empty) are dropped
   first when the limit is reached;
@@ -43,8 +49,15 @@ Sleep = Callable[[float], Awaitable[object]]
 class _KeyState:
     tokens: float
     refilled_at: float
-    grants: deque[float] = field(default_factory=deque)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    grants: deque[float] = field(default_factory=deque)  # granted or reserved slot times, ascending
+
+
+class RateLimitWait(Exception):
+    """The next slot of a key is ``wait_seconds`` away, more than the caller's ``max_wait``; nothing reserved."""
+
+    def __init__(self, wait_seconds: float) -> None:
+        super().__init__(f"rate limit: next slot in {wait_seconds:.1f}s")
+        self.wait_seconds = wait_seconds
 
 
 class RateLimiter:
@@ -77,27 +90,24 @@ class RateLimiter:
         """Number of keys currently tracked."""
         return len(self._states)
 
-    async def acquire(self, key: str) -> float:
-        """Wait until ``key`` may send one request, take the slot, and return the seconds waited."""
+    async def acquire(self, key: str, max_wait: float | None = None) -> float:
+        """Reserve the next slot of ``key``, sleep until it, and return the seconds waited (0.0 when free now).
+
+        Raises :class:`RateLimitWait` (reserving nothing) when the slot is more than ``max_wait`` seconds away."""
         if not self.enabled:
             return 0.0
         state = self._state_for(key)
-        started = self._clock()
-        waited_any = state.lock.locked()  # queued behind another caller counts as waiting too
-        async with state.lock:
-            while True:
-                delay = self._delay(state, self._clock())
-                if delay <= 0:
-                    self._take(state, self._clock())
-                    break
-                waited_any = True
-                await self._sleep(delay)
-        if not waited_any:
+        now = self._clock()
+        delay = self._delay(state, now)
+        if max_wait is not None and delay > max_wait + _EPSILON:
+            raise RateLimitWait(delay)
+        self._take(state, now + delay)
+        if delay <= 0:
             return 0.0
-        waited = max(0.0, self._clock() - started)
+        await self._sleep(delay)
         self.waits_total += 1
-        self.wait_seconds_total += waited
-        return waited
+        self.wait_seconds_total += delay
+        return delay
 
     def _state_for(self, key: str) -> _KeyState:
         digest = hashlib.sha256(key.encode("utf-8")).digest()
@@ -117,27 +127,29 @@ class RateLimiter:
             state.grants.popleft()
 
     def _delay(self, state: _KeyState, now: float) -> float:
-        """Seconds until both limits admit one more request (0 when admitted now)."""
+        """Seconds until both limits admit one more request after every slot already reserved (0: admitted now).
+        Reserved slots are negative tokens (the bucket's debt) and future entries in ``grants``."""
         self._refill(state, now)
         bucket_wait = 0.0 if state.tokens >= 1.0 - _EPSILON else (1.0 - state.tokens) / self.rate_per_second
         window_wait = 0.0
         if len(state.grants) >= self.per_minute:
-            window_wait = state.grants[0] + WINDOW_SECONDS - now
-        delay = max(bucket_wait, window_wait)
+            window_wait = state.grants[-self.per_minute] + WINDOW_SECONDS - now
+        order_wait = state.grants[-1] - now if state.grants else 0.0  # never ahead of an earlier reservation
+        delay = max(bucket_wait, window_wait, order_wait)
         return delay if delay > _EPSILON else 0.0
 
-    def _take(self, state: _KeyState, now: float) -> None:
-        state.tokens = max(0.0, state.tokens - 1.0)
-        state.grants.append(now)
+    def _take(self, state: _KeyState, at: float) -> None:
+        state.tokens -= 1.0  # below zero: slots reserved ahead, repaid by the refill
+        state.grants.append(at)
 
     def _evict(self) -> None:
         now = self._clock()
         for digest, state in list(self._states.items()):
             self._refill(state, now)
-            if not state.lock.locked() and not state.grants and state.tokens >= self.capacity:
+            if not state.grants and state.tokens >= self.capacity:
                 del self._states[digest]
         while len(self._states) >= self.max_keys:
-            digest = next((d for d, s in self._states.items() if not s.lock.locked()), None)
+            digest = next((d for d, s in self._states.items() if not s.grants or s.grants[-1] <= now), None)
             if digest is None:
                 break
             del self._states[digest]

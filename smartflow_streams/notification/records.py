@@ -1,4 +1,4 @@
-"""``notification_records`` state machine (upstream spec 9.2-9.5), database side only.
+"""``notification_records`` state machine (docs/upstream.md#notification-records), database side only.
 
 States: ``pending -> sending -> sent | failed | dead | skipped``; ``failed -> sending`` on retry. ``sent``, ``dead``
 and ``skipped`` are terminal.
@@ -26,14 +26,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import NotificationSettings
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.models import json_bind, json_text, notification_records as records
 from smartflow_streams.db.models import user_notification_channels as channels
-from smartflow_streams.notification.providers import ChannelConfig, Outcome, SendRequest, SendResult
+from smartflow_streams.notification.feishu import (
+    CONFIG_CHANNEL, DEFAULT_MESSAGE_TEXT, RECORD_CHANNEL, ChannelConfig, Outcome, SendRequest, SendResult,
+    channel_config,
+)
 
-RECORD_CHANNEL = "feishu"  # records use "feishu" ...
-CONFIG_CHANNEL = "feishu_webhook"  # ... channel configs use "feishu_webhook" (trap 23)
-DEFAULT_FALLBACK = "我为你生成了一份日程调整建议，请回到系统确认是否应用。"
+DEFAULT_FALLBACK = DEFAULT_MESSAGE_TEXT  # records use RECORD_CHANNEL "feishu", channel configs CONFIG_CHANNEL
 TERMINAL = ("sent", "dead", "skipped")
 
 
@@ -56,7 +57,8 @@ def _record(m: Any) -> Record:
 
 
 def normalise_texts(summary: str, fallback: str, max_chars: int) -> tuple[str, str, bool]:
-    """Upstream 9.3: a summary that is empty or carries a link (``://``, ``www.``) is dropped for the fallback."""
+    """docs/upstream.md#notification-handling: a summary that is empty or carries a link (``://``, ``www.``) is
+    dropped for the fallback."""
     fallback = (fallback or "").strip() or DEFAULT_FALLBACK
     summary = (summary or "").strip()
     lowered = summary.lower()
@@ -66,7 +68,8 @@ def normalise_texts(summary: str, fallback: str, max_chars: int) -> tuple[str, s
 
 
 def message_text(rec: dict[str, Any]) -> str:
-    """Upstream 9.4: summary, else fallback, else the default sentence; the target URL appended if missing."""
+    """docs/upstream.md#notification-sending: summary, else fallback, else the default sentence; the target URL
+    appended if missing."""
     summary = (rec.get("summary_text") or "").strip()
     text = summary if summary and not rec.get("fallback_used") else (rec.get("fallback_text") or "").strip()
     text = text or DEFAULT_FALLBACK
@@ -277,7 +280,8 @@ async def apply_outcomes(
 
 
 async def list_due(session: AsyncSession, settings: NotificationSettings, limit: int) -> list[int]:
-    """Ids of failed records due for retry and ``sending`` records whose lease expired (upstream 9.5 query)."""
+    """Ids of failed records due for retry and ``sending`` records whose lease expired
+    (docs/upstream.md#retry-scanner)."""
     now = clock.db_now()
     stale_before = now - timedelta(seconds=settings.sending_lease_seconds)
     stmt = (
@@ -297,11 +301,7 @@ async def load_channels(session: AsyncSession, user_ids: list[int]) -> dict[int,
         return {}
     rows = (await session.execute(sa.select(channels).where(
         channels.c.user_id.in_(list(dict.fromkeys(user_ids))), channels.c.channel == CONFIG_CHANNEL))).mappings()
-    return {int(m["user_id"]): ChannelConfig(
-        webhook_url=m["webhook_url"] or "", enabled=bool(m["enabled"]), auth_type=m["auth_type"] or "none",
-        bearer_token=m["bearer_token"] or "", kind=m["webhook_kind"] or "flow", sign_secret=m["sign_secret"] or "",
-        msg_type=m["msg_type"] or "text",
-    ) for m in rows}
+    return {int(m["user_id"]): channel_config(m) for m in rows}
 
 
 _JSON_COLUMNS = ("provider_request_json", "provider_response_json")

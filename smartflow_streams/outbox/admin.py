@@ -18,13 +18,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.catalog import RouteRegistry, registry as default_registry
 from smartflow_streams.db.models import outbox_admin_audit, outbox_dead_messages, outbox_table
+from smartflow_streams.outbox.backlog import STATUSES, read_backlog  # noqa: F401 - STATUSES kept importable here
 
 MAX_LIST = 500
 PURGE_CHUNK = 1000
-STATUSES = ("pending", "published", "consumed", "dead")
 
 
 @dataclass
@@ -52,13 +52,10 @@ async def overview(engine: AsyncEngine, services: list[str] | None = None, *, de
             t = outbox_table(route.table)
             if not await conn.run_sync(lambda c, n=route.table: sa.inspect(c).has_table(n)):
                 continue
-            counts = {s: 0 for s in STATUSES}
-            counts.update({str(k): int(v) for k, v in (await conn.execute(
-                sa.select(t.c.status, sa.func.count()).group_by(t.c.status))).all()})
-            oldest = (await conn.execute(sa.select(sa.func.min(t.c.created_at)).where(t.c.status == "pending"))).scalar()
+            backlog = await read_backlog(conn, t)
             dead = await _dead_rows(conn, t, limit=dead_limit)
-            result.append(ServiceOverview(service, route.table, route.topic, counts,
-                                          max(0.0, (now - oldest).total_seconds()) if oldest else 0.0, dead))
+            result.append(ServiceOverview(service, route.table, route.topic, backlog.all_counts(),
+                                          backlog.oldest_pending_seconds(now), dead))
     return result
 
 
@@ -145,6 +142,10 @@ async def _audit(conn: Any, service: str, action: str, actor: str, detail: dict[
     await conn.execute(sa.insert(outbox_admin_audit).values(
         service_name=service, outbox_id=outbox_id, action=action, actor=actor[:128],
         detail=json.dumps(detail, default=str), created_at=clock.db_now()))
+
+
+write_audit = _audit
+"""One ``outbox_admin_audit`` row in the caller's transaction (also used by retention and replay)."""
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

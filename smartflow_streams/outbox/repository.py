@@ -1,9 +1,10 @@
-"""The outbox state machine on one service's table (upstream spec 2.3, with its traps fixed).
+"""The outbox state machine on one service's table (docs/upstream.md#outbox-statuses, with its traps fixed).
 
 States: ``pending -> published -> consumed``; any non-terminal -> ``dead``; ``consumed`` and ``dead`` are terminal
-and no method here ever moves a row out of them (upstream's ``MarkDead``/``MarkConsumed`` could: trap 17).
+and no method here ever moves a row out of them (upstream's ``MarkDead``/``MarkConsumed`` could:
+docs/upstream.md#terminal-states-are-final).
 
-Claiming (ours; upstream had none, trap 15), two modes:
+Claiming (ours; upstream had none, docs/upstream.md#relay-claiming), two modes:
 - table-lease holder (``relay.exclusive``, the default): the table lease (``outbox_relay.lease``) is the claim.
   The holder reads due rows and writes nothing until it marks them, so a crashed holder's rows are simply still
   due when the next holder takes the lease (10 s). Marks are guarded by status (terminal rows never change).
@@ -17,11 +18,15 @@ published (plus the lease renewal every ~3 s); shared table: MySQL/MariaDB 2 sta
 UPDATE SKIP LOCKED`` + ``UPDATE ... WHERE id IN``), SQLite 1 (``UPDATE ... RETURNING``), then the mark.
 
 Limits: ``last_error`` keeps at most 2000 UTF-8 bytes and never splits a character (upstream sliced bytes,
-trap 24); backoff is n² seconds for the n-th failure, n capped at 10 (1, 4, 9, ..., 100 s); a row is ``dead`` when
+docs/upstream.md#utf-8-safe-error-text); backoff is n² seconds for the n-th failure, n capped at 10 (1, 4, 9, ...,
+100 s); a row is ``dead`` when
 its ``max_retry``-th failure (default 20) is recorded. Relay and consumer failures share the counter.
 """
 
 from __future__ import annotations
+
+# Size (~475 lines, over the house ~400) on purpose: the whole outbox row state machine (enqueue, claim, mark,
+# retry, dead, consume) in one file, so every status move and its lease check can be read against the others.
 
 import enum
 import json
@@ -35,11 +40,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from config import Settings, get_settings
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.catalog import RouteRegistry, ServiceRoute, registry as default_registry
 from smartflow_streams.contracts.envelope import OutboxEventShell
 from smartflow_streams.db.models import TERMINAL_OUTBOX, OutboxStatus, outbox_table
-from smartflow_streams.errors import RouteError
+from smartflow_streams.core.errors import RouteError
 
 Executor = Union[AsyncSession, AsyncConnection]
 BusinessFn = Callable[[AsyncSession], Awaitable[Any]]
@@ -465,8 +470,10 @@ class OutboxRepository:
 
 def _id_in(table: sa.Table, ids: Sequence[int], *, negate: bool = False) -> sa.ColumnElement[bool]:
     """``id IN (1,2,...)`` (``negate``: ``NOT IN``) with the integers inlined: 500 bound parameters cost ~12 ms per
-    statement through SQLAlchemy + PyMySQL, the inlined list ~1 ms. Safe: every id passes through ``int()``."""
-    return sa.text(f"{table.name}.id {'NOT IN' if negate else 'IN'} ({','.join(str(int(i)) for i in ids)})")
+    statement through SQLAlchemy + PyMySQL, the inlined list ~1 ms. Safe: every id passes through ``int()``, and the
+    column (table name included) is rendered by SQLAlchemy with the dialect's identifier quoting, never pasted."""
+    inlined = sa.literal_column(f"({','.join(str(int(i)) for i in ids)})")
+    return table.c.id.op("NOT IN" if negate else "IN")(inlined)
 
 
 def _dialect(db: Executor) -> str:

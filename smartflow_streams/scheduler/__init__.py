@@ -1,4 +1,5 @@
-"""Active-scheduler domain (spec 8): trigger creation, the triggered workflow, due-job scanning, previews.
+"""Active-scheduler domain (docs/upstream.md#active-scheduler): trigger creation, the triggered workflow, due-job
+scanning, previews.
 
 Plain async functions over SQLAlchemy Core; the Faust agent (``agents.active_scheduler``) and the scanner timer
 call them. Invariants shared by the modules:
@@ -6,8 +7,8 @@ call them. Invariants shared by the modules:
 * Every write that produces an event happens in the same transaction as the event's outbox row: trigger +
   ``active_schedule.triggered`` (:func:`create_trigger`), preview + ``notification.feishu.requested``
   (:func:`run_trigger_workflow`), job update + trigger + event (:func:`scan_due_jobs`, one transaction per job).
-* "now" is always :func:`smartflow_streams.clock.db_now` (naive, configured zone, millisecond precision).
-* Invalid input raises :class:`~smartflow_streams.errors.ContractError` (poison, never retried).
+* "now" is always :func:`smartflow_streams.core.clock.db_now` (naive, configured zone, millisecond precision).
+* Invalid input raises :class:`~smartflow_streams.core.errors.ContractError` (poison, never retried).
 """
 
 from smartflow_streams.scheduler.jobs import (

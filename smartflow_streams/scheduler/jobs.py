@@ -1,4 +1,4 @@
-"""Due jobs (spec 8.2): the task-side upsert helper and the scanner that turns due jobs into triggers.
+"""Due jobs (docs/upstream.md#due-jobs): the task-side upsert helper and the scanner that turns due jobs into triggers.
 
 Scanner invariants:
 
@@ -26,7 +26,8 @@ Scanner invariants:
   otherwise: trigger created / dedupe hit  triggered    (cleared), ``last_trigger_id`` set
   ======================================== ============ ==========================
 
-* ``failed`` jobs are never rescanned; only :func:`upsert_job` (a task update) re-arms them (trap 20).
+* ``failed`` jobs are never rescanned; only :func:`upsert_job` (a task update) re-arms them
+  (docs/upstream.md#job-upsert-re-arms-jobs).
 * A reader runs inside the job's transaction while the job row is locked: keep it fast (no network calls of
   more than a few hundred milliseconds).
 
@@ -46,13 +47,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import Settings, get_settings
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.contracts.dedupe import job_dedupe_key, job_id as make_job_id
 from smartflow_streams.contracts.events import TargetType, TriggerSource, TriggerType
 from smartflow_streams.db.models import active_schedule_jobs as jobs_t
-from smartflow_streams.errors import ContractError
+from smartflow_streams.core.errors import ContractError
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger
-from smartflow_streams.timefmt import db_naive, format_go_time, to_zone
+from smartflow_streams.contracts.gotime import db_naive, format_go_time, to_zone
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,8 @@ async def upsert_job(session: AsyncSession, user_id: int, task_id: int, urgency_
 
     Upstream semantics: insert, or overwrite on conflict: ``status=pending``, ``trigger_at``, ``dedupe_key``
     (30-minute window of the threshold), ``trace_id`` (default ``trace_active_task_<u>_<t>``), errors cleared,
-    soft delete undone. This **re-arms** a ``triggered``/``failed``/``canceled`` job (trap 20): intended after a
+    soft delete undone. This **re-arms** a ``triggered``/``failed``/``canceled`` job
+    (docs/upstream.md#job-upsert-re-arms-jobs): intended after a
     task update, but a task update that does not change the threshold also re-arms a job that already fired
     (the trigger dedupe key then collapses it within the same window). ``last_trigger_id`` and ``created_at``
     are kept (history), unlike upstream's all-column overwrite. A naive threshold is in the configured zone.
@@ -226,7 +228,7 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _apply_rules(session: AsyncSession, job: Any, reader: TaskReader, settings: Settings) -> str:
-    """Spec 8.2 rules for one locked, due job; returns the JobScanStats field to count."""
+    """docs/upstream.md#due-jobs rules for one locked, due job; returns the JobScanStats field to count."""
     jid, user_id, task_id = job["id"], int(job["user_id"]), int(job["task_id"])
     try:
         task = await reader.get_task(session, user_id, task_id)

@@ -1,8 +1,9 @@
-"""Trigger creation for producers (API, user feedback, the due-job scanner): spec 8.3 "Trigger creation".
+"""Trigger creation for producers (API, user feedback, the due-job scanner): docs/upstream.md#trigger-creation.
 
 Invariants:
 
-* **Atomic** (fixes trap 19): the ``active_schedule_triggers`` row and its ``active_schedule.triggered`` outbox
+* **Atomic** (fixes docs/upstream.md#atomic-trigger-creation): the ``active_schedule_triggers`` row and its
+  ``active_schedule.triggered`` outbox
   row are written in the caller's ONE open transaction (:func:`create_trigger` never commits). If the caller's
   transaction rolls back, neither exists; if it commits, both do. Upstream inserted the trigger and then published
   in a second write, so a crash in between left a ``pending`` trigger with no event.
@@ -13,7 +14,7 @@ Invariants:
 * Times: ``requested_at`` defaults to :func:`clock.db_now`; given times are converted to the configured zone
   (naive = already in it) and truncated to milliseconds (``DATETIME(3)``) before the key, the row and the event
   are built, so all three agree. Dedupe windows are 30 minutes (1800 s).
-* Validation errors raise :class:`~smartflow_streams.errors.ContractError` (never retried) before anything is
+* Validation errors raise :class:`~smartflow_streams.core.errors.ContractError` (never retried) before anything is
   written. Strings longer than their column (``feedback_id`` 128, ``idempotency_key``/``dedupe_key`` 191,
   ``trace_id``/``job_id`` 64 characters) are rejected, never silently truncated.
 * Lookups and the dedupe key use trimmed values; a caller-provided ``dedupe_key`` is matched together with
@@ -38,9 +39,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import Settings
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.contracts.dedupe import new_trigger_id, trigger_dedupe_key
-from smartflow_streams.contracts.envelope import go_json_value
+from smartflow_streams.contracts.gojson import go_json_value
 from smartflow_streams.contracts.events import (
     ACTIVE_SCHEDULE_TRIGGERED,
     ACTIVE_SCHEDULE_TRIGGERED_VERSION,
@@ -50,9 +51,9 @@ from smartflow_streams.contracts.events import (
     TriggerType,
 )
 from smartflow_streams.db.models import active_schedule_triggers as triggers_t, json_bind, json_param, json_text
-from smartflow_streams.errors import ContractError
+from smartflow_streams.core.errors import ContractError
 from smartflow_streams.outbox.repository import OutboxRepository
-from smartflow_streams.timefmt import to_zone
+from smartflow_streams.contracts.gotime import to_zone
 
 
 class TriggerStatus(StrEnum):
@@ -140,7 +141,7 @@ def _zoned(value: datetime | None, settings: Settings) -> datetime | None:
 
 
 def validate_request(req: TriggerRequest) -> None:
-    """Spec 7.1/8.3 domain rules, first failure wins. Raises ContractError."""
+    """docs/upstream.md#trigger-creation domain rules, first failure wins. Raises ContractError."""
     trigger_type, source, target_type = req.trigger_type.strip(), req.source.strip(), req.target_type.strip()
     if req.user_id <= 0:
         raise ContractError("invalid trigger request: user_id must be greater than 0")

@@ -1,4 +1,5 @@
-"""The ``active_schedule.triggered`` workflow (spec 8.4 steps 1-8) inside the caller's consume transaction.
+"""The ``active_schedule.triggered`` workflow (docs/upstream.md#trigger-workflow steps 1-8) inside the caller's
+consume transaction.
 
 :func:`run_trigger_workflow` never commits: its writes (trigger status, preview, notification outbox row) commit
 together with the outbox row's ``consumed`` mark, or not at all. Steps:
@@ -13,8 +14,10 @@ together with the outbox row's ``consumed`` mark, or not at all. Steps:
 4. ``processing``, ``processed_at = now``, errors cleared.
 5. A preview already exists for the trigger -> ``preview_generated`` with it (no notification).
 6. ``builder.build`` -> ``None`` (or neither notify nor write_preview) -> ``closed``.
-7. Insert the preview (``ready``, ``expires_at = now + scheduler.preview_ttl_seconds``, default 3600 s) ->
-   trigger ``preview_generated``, ``preview_id``, ``completed_at``.
+7. Insert the preview in the Go services' ``active_schedule_previews`` shape: key ``preview_id`` (``asp_<uuid4>``),
+   ``ready``, ``generated_at = now``, ``expires_at = now + scheduler.preview_ttl_seconds`` (default 3600 s),
+   ``base_version`` (:func:`preview_base_version` unless the builder gives one) -> trigger ``preview_generated``,
+   ``preview_id``, ``completed_at``.
 8. If the decision says notify: enqueue ``notification.feishu.requested`` (version ``"1"``, event id = aggregate
    id = preview id, key = user id) into the **notification** outbox table in the same transaction.
 
@@ -45,9 +48,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import Settings
-from smartflow_streams import clock
+from smartflow_streams.core import clock, tracing
 from smartflow_streams.contracts.dedupe import conversation_id_for_trigger, new_preview_id, notification_dedupe_key
-from smartflow_streams.contracts.envelope import go_trim_space
+from smartflow_streams.contracts.gojson import go_trim_space
 from smartflow_streams.contracts.events import (
     ASSISTANT_URL_PREFIX,
     NOTIFICATION_FEISHU_REQUESTED,
@@ -58,11 +61,11 @@ from smartflow_streams.contracts.events import (
 from smartflow_streams.db.models import active_schedule_previews as previews_t
 from smartflow_streams.db.models import active_schedule_triggers as triggers_t
 from smartflow_streams.db.models import json_bind, json_text
-from smartflow_streams.errors import ContractError
+from smartflow_streams.core.errors import ContractError
 from smartflow_streams.outbox.repository import OutboxRepository
 from smartflow_streams.scheduler.preview import PreviewBuilder, PreviewDecision
 from smartflow_streams.scheduler.triggers import TERMINAL_TRIGGER_STATUSES, TriggerStatus, json_value
-from smartflow_streams.timefmt import to_zone
+from smartflow_streams.contracts.gotime import to_zone
 
 log = logging.getLogger(__name__)
 
@@ -163,20 +166,62 @@ async def _existing_preview_ids(session: AsyncSession, trigger_ids: list[str]) -
     if not trigger_ids:
         return {}
     p = previews_t
-    select = (sa.select(p.c.trigger_id, p.c.id).where(p.c.trigger_id.in_(trigger_ids), p.c.deleted_at.is_(None))
-              .order_by(p.c.created_at.desc(), p.c.id.desc()))
+    select = (sa.select(p.c.trigger_id, p.c.preview_id)
+              .where(p.c.trigger_id.in_(trigger_ids), p.c.deleted_at.is_(None))
+              .order_by(p.c.created_at.desc(), p.c.preview_id.desc()))
     return {trigger_id: preview_id for trigger_id, preview_id in (await session.execute(select)).all()}
 
 
+PREVIEW_JSON_COLUMNS: tuple[str, ...] = ("candidates_json", "selected_candidate_json", "decision_json")
+"""The JSON columns of ``active_schedule_previews`` the workflow fills (bound as text, see :func:`json_bind`)."""
+
+BASE_VERSION_PREFIX = "sfs1:"
+"""Prefix of the default ``base_version``: ``sfs1:`` + 64 hex digits (69 characters, column limit 128)."""
+
+
+def preview_base_version(row: dict[str, Any]) -> str:
+    """Default ``base_version`` of a preview: ``sfs1:<sha256>`` over the inputs the builder saw.
+
+    The digest covers the trigger's id, user, trigger type, target type/id, feedback id, mock time and payload
+    (canonical JSON), so two previews built from the same inputs share a version and any change of input gives a
+    new one. The Go column is the re-validation base an apply (confirm) step compares against; the default
+    builder reads no schedule state, so the trigger's inputs are all the state its preview depends on.
+    """
+    import hashlib
+    import json
+
+    mock_now = row.get("mock_now")
+    inputs = [row["id"], int(row["user_id"]), row["trigger_type"], row["target_type"], int(row["target_id"]),
+              row.get("feedback_id") or "", mock_now.isoformat() if mock_now is not None else "",
+              json_value(row.get("payload_json")) or {}]
+    text = json.dumps(inputs, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
+    return BASE_VERSION_PREFIX + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _preview_row(row: dict[str, Any], decision: PreviewDecision, settings: Settings, now: datetime) -> dict[str, Any]:
+    """The Go table's row (spec of ``active_schedule_previews``): every NOT NULL column without a default named."""
+    selected = next((c for c in decision.candidates if decision.selected_candidate_id
+                     and c.get("id") == decision.selected_candidate_id), None)
+    base_version = decision.base_version or preview_base_version(row)
+    if len(base_version) > 128:
+        raise ContractError(f"preview base_version is longer than 128 characters: {base_version[:40]!r}...")
     return dict(
-        id=new_preview_id(), trigger_id=row["id"], user_id=row["user_id"], trigger_type=row["trigger_type"],
+        preview_id=new_preview_id(), trigger_id=row["id"], user_id=row["user_id"], trigger_type=row["trigger_type"],
         target_type=row["target_type"], target_id=row["target_id"], status=PreviewStatus.READY.value,
-        apply_status="none", summary_text=decision.summary_text, notification_summary=decision.notification_summary,
-        preview_json_text=json_text(decision.preview or {}), generated_at=now,
-        expires_at=now + timedelta(seconds=settings.scheduler.preview_ttl_seconds), trace_id=row["trace_id"],
-        created_at=now, updated_at=now,
+        selected_candidate_id=decision.selected_candidate_id if selected is not None else None,
+        candidate_count=len(decision.candidates),
+        candidates_json_text=json_text(decision.candidates) if decision.candidates else None,
+        selected_candidate_json_text=json_text(selected) if selected is not None else None,
+        decision_json_text=json_text(decision.preview or {}),
+        explanation_text=decision.summary_text, notification_summary=decision.notification_summary,
+        base_version=base_version, generated_at=now,
+        expires_at=now + timedelta(seconds=settings.scheduler.preview_ttl_seconds), apply_status="none",
+        trace_id=row["trace_id"], created_at=now, updated_at=now,
     )
+
+
+# JSON columns bound as text under ``<column>_text`` (a bind parameter may not reuse its column's name).
+_INSERT_PREVIEW = sa.insert(previews_t).values({name: json_bind(f"{name}_text") for name in PREVIEW_JSON_COLUMNS})
 
 
 def _notification_row(repo: OutboxRepository, row: dict[str, Any], preview_id: str, decision: PreviewDecision,
@@ -194,7 +239,7 @@ def _notification_row(repo: OutboxRepository, row: dict[str, Any], preview_id: s
 async def run_trigger_workflow(
     session: AsyncSession, payload: ActiveScheduleTriggeredPayload, *, builder: PreviewBuilder, settings: Settings,
 ) -> WorkflowResult:
-    """Steps 1-8 of spec 8.4 for one event: :func:`run_trigger_workflow_many` of one."""
+    """Steps 1-8 of docs/upstream.md#trigger-workflow for one event: :func:`run_trigger_workflow_many` of one."""
     return (await run_trigger_workflow_many(session, [payload], builder=builder, settings=settings))[0]
 
 
@@ -202,7 +247,8 @@ async def run_trigger_workflow_many(
     session: AsyncSession, payloads: list[ActiveScheduleTriggeredPayload], *, builder: PreviewBuilder,
     settings: Settings,
 ) -> list[WorkflowResult]:
-    """Steps 1-8 of spec 8.4 for many events in ``session``'s open transaction (module docstring); results in input
+    """Steps 1-8 of docs/upstream.md#trigger-workflow for many events in ``session``'s open transaction (module
+    docstring); results in input
     order. Raises ContractError if any trigger is missing; any other exception means the caller must roll back.
 
     Cost: 5 statements whatever the number of events (lock the triggers, read existing previews, insert the
@@ -222,6 +268,7 @@ async def run_trigger_workflow_many(
     aware_now = to_zone(now, settings.zone)
     previews: list[dict[str, Any]] = []
     notifications: list[dict[str, Any]] = []
+    traced = tracing.active()
     finished: dict[str, dict[str, Any]] = {}  # trigger id -> the final UPDATE's values (closed / preview_generated)
     results: list[WorkflowResult] = []
     for payload in payloads:
@@ -243,17 +290,19 @@ async def run_trigger_workflow_many(
             decision = await builder.build(trigger_dict(row), _business_now(row, aware_now, settings))
             if decision is not None and (decision.notify or decision.write_preview):
                 previews.append(_preview_row(row, decision, settings, now))
-                preview_id = previews[-1]["id"]
+                preview_id = previews[-1]["preview_id"]
                 if decision.notify:
                     notifications.append(_notification_row(notification_repo, row, preview_id, decision, settings,
                                                            now))
+                    if traced:  # the second hop joins the trigger's trace
+                        tracing.stamp_row(notifications[-1], payload)
                     notified = True
         row["status"] = TriggerStatus.CLOSED.value if preview_id is None else TriggerStatus.PREVIEW_GENERATED.value
         row["preview_id"] = preview_id
         finished[trigger_id] = dict(b_id=trigger_id, b_status=row["status"], b_preview_id=preview_id)
         results.append(WorkflowResult(trigger_id, row["status"], preview_id, notified, False))
     if previews:
-        await session.execute(sa.insert(previews_t).values(preview_json=json_bind("preview_json_text")), previews)
+        await session.execute(_INSERT_PREVIEW, previews)
     await notification_repo.enqueue_rows(session, notifications)
     for status in (TriggerStatus.CLOSED.value, TriggerStatus.PREVIEW_GENERATED.value):
         group = [v for v in finished.values() if v["b_status"] == status]
@@ -304,6 +353,7 @@ __all__ = [
     "PreviewStatus",
     "WorkflowResult",
     "build_notification_payload",
+    "preview_base_version",
     "fallback_text",
     "mark_trigger_failed",
     "run_trigger_workflow",

@@ -1,7 +1,8 @@
 """Outbox status and dead-letter admin views (JSON).
 
 Routes:
-- ``GET /outbox/``: open (read-only status, like ``/metrics``): :func:`smartflow_streams.web.queries.snapshot`.
+- ``GET /outbox/``: open (read-only status, like ``/metrics``): :func:`smartflow_streams.web.queries.snapshot`,
+  read at most once per 2 s (:class:`smartflow_streams.web.queries.SnapshotCache`).
 - Admin (``Authorization: Bearer <SMARTFLOW_ADMIN_TOKEN>``; see :mod:`smartflow_streams.web.auth`):
   ``GET /admin/dead/{service}/?limit=&event_type=&reason=``, ``POST /admin/dead/{service}/requeue`` with
   ``{"ids": [...]}`` or ``{"all": true}``, ``POST /admin/purge/{service}`` with ``{"older_than_days": N}``,
@@ -28,8 +29,9 @@ from aiohttp import web
 from faust.web import View
 
 from smartflow_streams.outbox import admin as outbox_admin
-from smartflow_streams.web.auth import admin_actor, check_admin
-from smartflow_streams.web.queries import scrub_rows, service_has_table, snapshot
+from smartflow_streams.startup.runtime import WorkerRuntime
+from smartflow_streams.web.auth import admin_actor, bearer_token, check_admin
+from smartflow_streams.web.queries import SnapshotCache, scrub_rows, service_has_table
 from smartflow_streams.web.responses import error_response, json_response, query_int, read_json_object
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,8 @@ def _ids(body: dict[str, Any]) -> list[int] | None | str:
         return None
     ids = body.get("ids")
     if (not isinstance(ids, list) or not ids or len(ids) > MAX_REQUEUE_IDS
-            or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in ids)):
-        return f"{REQUEUE_BODY}; ids: 1 to {MAX_REQUEUE_IDS} positive integers"
+            or not all(isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**63 for i in ids)):
+        return f"{REQUEUE_BODY}; ids: 1 to {MAX_REQUEUE_IDS} positive integers below 2**63"
     return ids
 
 
@@ -66,17 +68,23 @@ def _audit_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def define_admin_views(app: faust.App, runtime: Any) -> None:
+def define_admin_views(app: faust.App, runtime: WorkerRuntime) -> None:
     settings = runtime.settings
 
+    failures = runtime.auth_failures
+
     def denied(request: web.Request) -> web.Response | None:
-        denial = check_admin(settings, request.headers.get("Authorization"))
+        client = request.remote or "-"
+        denial = failures.throttled(client) or check_admin(settings, request.headers.get("Authorization"))
         if denial is None:
             return None
-        headers = {"WWW-Authenticate": "Bearer"} if denial.status == 401 else None
+        if denial.status == 401 and bearer_token(request.headers.get("Authorization")) is not None:
+            failures.failed(client)  # a wrong token, not a missing one
         response = error_response(denial.status, denial.message)
-        if headers:
-            response.headers.update(headers)
+        if denial.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        if denial.retry_after is not None:
+            response.headers["Retry-After"] = str(denial.retry_after)
         return response
 
     async def unknown(service: str) -> web.Response | None:
@@ -88,10 +96,12 @@ def define_admin_views(app: faust.App, runtime: Any) -> None:
         log.warning("admin %s failed", what, exc_info=True)
         return error_response(500, "internal error")
 
+    outbox_cache = SnapshotCache()
+
     @app.page("/outbox/")
     async def outbox_status(self: View, request: web.Request) -> web.Response:
         try:
-            data = await snapshot(runtime.engine, runtime.consumption, settings.worker.services)
+            data = await outbox_cache.get(runtime.engine, runtime.consumption, settings.worker.services)
         except Exception:  # noqa: BLE001
             log.warning("outbox overview failed", exc_info=True)
             return error_response(503, "outbox overview unavailable (database?)")

@@ -1,4 +1,5 @@
-"""Upstream-compatible HTTP APIs (spec 8.4 trigger API, 9.7 channel API) on the worker's web server.
+"""Upstream-compatible HTTP APIs (docs/upstream.md#trigger-api, docs/upstream.md#channel-api) on the worker's web
+server.
 
 Routes (``Authorization: Bearer <token>``, token -> user id from ``Settings.api_tokens``):
 - ``POST /api/v1/active-schedule/trigger``: fields ``trigger_type``, ``target_type`` (required), ``target_id``,
@@ -14,8 +15,12 @@ Invariants:
   40014 (HTTP 401) no/unknown token, 40004 (400) missing parameter, 40005 (400) wrong parameter (including any
   body that is not a JSON object and every ContractError), 50000 (500) unexpected failure. Never a bare 500 page.
 - Bodies and logs never carry webhook URLs, bearer tokens or signing secrets: channel views hold masks only; when an
-  unexpected failure is logged after a PUT, that request's URL and tokens are registered with the log scrubber
-  first (only then: user-chosen strings are not added to the process-wide registry on the happy path).
+  unexpected failure is logged after a PUT, the logged traceback is redacted of that request's URL and tokens
+  (:func:`smartflow_streams.core.masking.redact`; user-chosen strings never enter the process-wide registry).
+- Bad input is 40005 whatever its shape (a body nested 100,000 deep included); a body over the server's
+  ``client_max_size`` (1 MiB) is HTTP 413 with code 41300; a channel test sooner than
+  ``notification.channel_test_interval_seconds`` (10 s) after the user's previous one is HTTP 429 with
+  ``Retry-After`` and code 42900.
 - Requests time out after 8 s (upstream gateway), answering 50000.
 """
 
@@ -23,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,16 +39,18 @@ from aiohttp import web
 from faust.web import View
 
 from config import Settings
-from smartflow_streams.errors import ContractError
-from smartflow_streams.masking import SECRETS, scrub_text
+from smartflow_streams.core.errors import ContractError
+from smartflow_streams.core.masking import mask_webhook_url, redact, scrub_text
 from smartflow_streams.notification.channels import (
-    ChannelError, delete_channel, get_channel, put_channel, send_channel_test,
+    ChannelError, ChannelTestThrottled, TestThrottle, delete_channel, get_channel, put_channel, send_channel_test,
 )
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger
-from smartflow_streams.timefmt import parse_go_time
-from smartflow_streams.web.auth import api_user
+from smartflow_streams.contracts.gotime import parse_go_time
+from smartflow_streams.web.auth import api_user, bearer_token
+from smartflow_streams.startup.runtime import WorkerRuntime
 from smartflow_streams.web.responses import (
-    INTERNAL, MISSING_PARAM, UNAUTHORIZED, WRONG_PARAM, read_json_object, upstream_error, upstream_ok,
+    INTERNAL, MISSING_PARAM, UNAUTHORIZED, WRONG_PARAM, json_response, read_json_object, upstream_error,
+    upstream_ok,
 )
 
 log = logging.getLogger(__name__)
@@ -95,18 +104,34 @@ def parse_trigger(body: dict[str, Any], user_id: int, settings: Settings) -> Tri
     )
 
 
-def define_api_views(app: faust.App, runtime: Any) -> None:
+def define_api_views(app: faust.App, runtime: WorkerRuntime) -> None:
     settings: Settings = runtime.settings
 
+    throttle = TestThrottle(settings.notification.channel_test_interval_seconds)
+
     async def answer(request: web.Request, action: Callable[[int], Awaitable[Any]], what: str,
-                     on_failure: Callable[[], None] | None = None) -> web.Response:
+                     redact_failure: Callable[[str], str] | None = None) -> web.Response:
+        client = request.remote or "-"
+        throttled = runtime.auth_failures.throttled(client)
+        if throttled is not None:
+            response = json_response({"status": "42900", "info": throttled.message}, 429)
+            response.headers["Retry-After"] = str(throttled.retry_after)
+            return response
         user = api_user(settings, request.headers.get("Authorization"))
         if user is None:
+            if bearer_token(request.headers.get("Authorization")) is not None:
+                runtime.auth_failures.failed(client)  # a wrong token, not a missing one
             return upstream_error(UNAUTHORIZED, "unauthorized: missing or unknown bearer token")
         try:
             data = await asyncio.wait_for(action(user), REQUEST_TIMEOUT)
         except ApiError as exc:
             return upstream_error(exc.code, str(exc))
+        except web.HTTPRequestEntityTooLarge:
+            return json_response({"status": "41300", "info": "request body too large (limit 1 MiB)"}, 413)
+        except ChannelTestThrottled as exc:
+            response = json_response({"status": str(exc.status_code), "info": str(exc)}, 429)
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_seconds)))
+            return response
         except ChannelError as exc:
             return upstream_error(exc.status_code, scrub_text(str(exc)))
         except ContractError as exc:
@@ -115,9 +140,10 @@ def define_api_views(app: faust.App, runtime: Any) -> None:
             log.warning("api %s timed out after %g s (user %d)", what, REQUEST_TIMEOUT, user)
             return upstream_error(INTERNAL, "timeout")
         except Exception:  # noqa: BLE001
-            if on_failure is not None:
-                on_failure()
-            log.warning("api %s failed (user %d)", what, user, exc_info=True)
+            details = traceback.format_exc()
+            if redact_failure is not None:
+                details = redact_failure(details)
+            log.warning("api %s failed (user %d): %s", what, user, details)
             return upstream_error(INTERNAL, "internal error")
         return upstream_ok(data)
 
@@ -153,12 +179,15 @@ def define_api_views(app: faust.App, runtime: Any) -> None:
                 body.update(await object_body(request))
                 return await put_channel(runtime.engine, settings, user, body)
 
-            def register() -> None:
-                SECRETS.add_webhook_url(str(body.get("webhook_url") or "").strip() or None)
-                SECRETS.add(str(body.get("bearer_token") or "").strip() or None)
-                SECRETS.add(str(body.get("sign_secret") or "").strip() or None)
+            def redact_body(text: str) -> str:
+                url = body.get("webhook_url")
+                url = url.strip() if isinstance(url, str) else ""
+                token = url.rstrip("/").rpartition("/")[2]
+                secrets = [body.get(name) for name in ("bearer_token", "sign_secret")]
+                return redact(text.replace(url, mask_webhook_url(url)) if url else text,
+                              [token, *(str(s).strip() for s in secrets if s)])
 
-            return await answer(request, save, "channel put", register)
+            return await answer(request, save, "channel put", redact_body)
 
         async def delete(self, request: web.Request) -> web.Response:
             return await answer(request, lambda user: delete_channel(runtime.engine, user), "channel delete")
@@ -168,7 +197,8 @@ def define_api_views(app: faust.App, runtime: Any) -> None:
         async def post(self, request: web.Request) -> web.Response:
             async def test(user: int) -> dict[str, Any]:
                 await object_body(request, optional=True)
-                result = await send_channel_test(runtime.engine, settings, user)
+                result = await send_channel_test(runtime.engine, settings, user,
+                                                 provider=runtime.notifications.provider, throttle=throttle)
                 result["message"] = scrub_text(str(result.get("message") or ""))
                 return result
 

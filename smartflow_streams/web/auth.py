@@ -8,17 +8,25 @@ Invariants:
   token never lands in an access log or a browser history).
 - API tokens map to user ids > 0 only; anything else is "no user" (upstream 40014).
 - The audit actor is ``"admin:" + X-Actor`` (printable, at most 64 characters, secrets scrubbed) or ``"admin:token"``.
-- :func:`register_secrets` puts every configured token into :data:`smartflow_streams.masking.SECRETS` (logs) and
+- Repeated failures are throttled (:class:`AuthFailures`): after ``worker.auth_failures_per_minute`` (20) wrong
+  bearer tokens within 60 s from one client address (a missing header is a plain 401 and not counted), that
+  address gets 429 with ``Retry-After`` for every admin/API request until the oldest failure leaves the 60 s
+  window (at most 10,000 addresses tracked, least recent dropped; limit 0 disables it).
+- :func:`register_secrets` puts every configured token into :data:`smartflow_streams.core.masking.SECRETS` (logs) and
   :data:`smartflow_streams.web.responses.SERVED_SECRETS` (bodies), so neither can echo one.
 """
 
 from __future__ import annotations
 
 import hmac
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from config import Settings
-from smartflow_streams.masking import SECRETS, scrub_text
+from smartflow_streams.core.masking import SECRETS, scrub_text
 from smartflow_streams.web.responses import SERVED_SECRETS
 
 ADMIN_DISABLED = "admin actions disabled: set SMARTFLOW_ADMIN_TOKEN"
@@ -31,6 +39,56 @@ class Denial:
 
     status: int
     message: str
+    retry_after: int | None = None
+
+
+AUTH_FAILURE_LIMIT = 20
+AUTH_FAILURE_WINDOW_SECONDS = 60.0
+AUTH_FAILURE_MAX_CLIENTS = 10_000
+
+
+class AuthFailures:
+    """Failed bearer checks per client address in a sliding window; see the module invariants for the numbers."""
+
+    def __init__(self, limit: int = AUTH_FAILURE_LIMIT, window: float = AUTH_FAILURE_WINDOW_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window, self._clock = limit, window, clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _recent(self, client: str) -> deque[float]:
+        times = self._failures.get(client)
+        if times is None:
+            return deque()
+        cutoff = self._clock() - self.window
+        while times and times[0] <= cutoff:
+            times.popleft()
+        if not times:
+            del self._failures[client]
+        return times
+
+    def retry_after(self, client: str) -> float | None:
+        """Seconds until ``client`` may try again, or ``None`` when it is not throttled."""
+        if self.limit <= 0:
+            return None
+        times = self._recent(client)
+        if len(times) < self.limit:
+            return None
+        return max(0.0, times[0] + self.window - self._clock())
+
+    def failed(self, client: str) -> None:
+        times = self._failures.setdefault(client, deque())
+        times.append(self._clock())
+        self._failures.move_to_end(client)
+        while len(self._failures) > AUTH_FAILURE_MAX_CLIENTS:
+            self._failures.popitem(last=False)
+
+    def throttled(self, client: str) -> Denial | None:
+        """The 429 :class:`Denial` for a throttled ``client`` (its ``retry_after`` in whole seconds), else None."""
+        wait = self.retry_after(client)
+        if wait is None:
+            return None
+        return Denial(429, f"too many failed authentications: retry after {max(1, math.ceil(wait))} s",
+                      retry_after=max(1, math.ceil(wait)))
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -45,7 +103,13 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 def _same(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+    """Constant-time comparison; a header that is not valid UTF-8 (aiohttp hands it over with surrogate escapes)
+    matches nothing."""
+    try:
+        given_bytes = given.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(given_bytes, expected.encode("utf-8"))
 
 
 def check_admin(settings: Settings, authorization: str | None) -> Denial | None:

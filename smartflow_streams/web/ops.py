@@ -1,17 +1,22 @@
 """Operations views: ``/health`` (liveness), ``/ready`` (readiness), ``/metrics`` (Prometheus text).
 
 Invariants:
-- ``/health`` answers ``{"status": "ok"}`` whenever the event loop serves requests; it touches nothing else.
+- ``/health`` answers ``{"status": "ok", "pid": <worker process id>}`` whenever the event loop serves requests; it
+  touches nothing else.
 - ``/ready`` is 200 only when all three checks pass, else 503; the body lists each check:
   ``database`` (``SELECT 1`` within 2 s, run on every call), ``consumer`` (the Faust consumer has a non-empty
   partition assignment: a worker that has not joined its group yet is not ready) and ``topics`` (every topic of
   ``settings.worker.services`` exists in the cluster metadata; cached 5 s after success, 1 s after failure).
   Check details carry exception class names and scrubbed messages only (no URLs, no passwords).
 - ``/metrics`` serves prometheus_client's default registry: Faust's sensor metrics (prefixed with the app id) and
-  ours (:mod:`smartflow_streams.metrics`). Before serving, the DB-derived gauges ``smartflow_outbox_rows``,
+  ours (:mod:`smartflow_streams.core.metrics`). Before serving, the DB-derived gauges ``smartflow_outbox_rows``,
   ``smartflow_outbox_oldest_pending_seconds`` (every catalog service that has a table) and
   ``smartflow_notification_records`` are refreshed, at most once every 2 s and under a lock, so scrapes never
   stampede the database; a failed refresh keeps the last values. Labels are service names and statuses only.
+- ``smartflow_consumer_lag{group,topic,partition}`` is set at each scrape from the consumer's own view: highwater
+  of the last fetch minus the last committed offset, for the partitions of the service topics assigned to this
+  worker right now (revoked partitions disappear; a partition with no commit yet counts from offset 0). Labels:
+  at most topics x partitions series per worker. Sum over workers of one group for the group's lag.
 - Faust's sensor metrics are created once per (process, app id) and shared by every app built with that id: calling
   :func:`faust.sensors.prometheus.setup_prometheus_sensors` twice in one process (tests build many apps) would
   register the same series twice in the default registry and raise.
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -32,10 +38,12 @@ from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.web import View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from smartflow_streams import metrics
+from smartflow_streams.core import metrics
 from smartflow_streams.catalog import registry
-from smartflow_streams.masking import mask_database_url, scrub_text
+from smartflow_streams.core.kafka_security import aiokafka_security_kwargs
+from smartflow_streams.core.masking import scrub_error
 from smartflow_streams.outbox import admin as outbox_admin
+from smartflow_streams.startup.runtime import WorkerRuntime
 from smartflow_streams.web.queries import NOTIFICATION_STATUSES, notification_counts
 from smartflow_streams.web.responses import json_response
 
@@ -60,12 +68,12 @@ def install_prometheus_sensors(app: faust.App) -> None:
 
 
 def brief_error(exc: BaseException) -> str:
-    text = scrub_text(mask_database_url(str(exc)))
+    text = scrub_error(str(exc))
     return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
 
 
 class Readiness:
-    def __init__(self, app: faust.App, runtime: Any) -> None:
+    def __init__(self, app: faust.App, runtime: WorkerRuntime) -> None:
         self.app = app
         self.runtime = runtime
         self._topics: tuple[float, dict[str, Any]] | None = None
@@ -121,8 +129,10 @@ class Readiness:
     async def _list_topics(self) -> set[str]:
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.runtime.settings.bootstrap_servers(),
-                                    client_id=f"{self.app.conf.name}-ready", request_timeout_ms=4000)
+        settings = self.runtime.settings
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers(),
+                                    client_id=f"{self.app.conf.name}-ready", request_timeout_ms=4000,
+                                    **aiokafka_security_kwargs(settings))
         try:  # close even when start() is cancelled by the timeout
             await admin.start()
             return set(await admin.list_topics())
@@ -133,7 +143,7 @@ class Readiness:
 class GaugeRefresher:
     """Sets the DB-derived gauges from one snapshot, at most every :data:`METRICS_REFRESH_EVERY` seconds."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: WorkerRuntime) -> None:
         self.runtime = runtime
         self._next = 0.0
         self._lock = asyncio.Lock()
@@ -160,14 +170,38 @@ class GaugeRefresher:
         return await outbox_admin.overview(engine, dead_limit=0), await notification_counts(engine)
 
 
-def define_ops_views(app: faust.App, runtime: Any) -> None:
+def refresh_consumer_lag(app: faust.App, runtime: WorkerRuntime) -> None:
+    """Set :data:`metrics.consumer_lag` for the assigned partitions of this worker's service topics."""
+    topics = {registry.service_route(s).topic for s in runtime.settings.worker.services}
+    metrics.consumer_lag.clear()
+    try:
+        consumer = app.consumer
+        assignment = consumer.assignment()
+    except Exception:  # noqa: BLE001 - not started yet: no series
+        return
+    group = str(app.conf.id)
+    for tp in assignment:
+        if tp.topic not in topics:
+            continue
+        try:
+            highwater = consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - partition not fetched yet
+            continue
+        if highwater is None:
+            continue
+        committed = consumer._committed_offset.get(tp) or 0  # Faust keeps the next offset to read
+        metrics.consumer_lag.labels(group, tp.topic, str(tp.partition)).set(max(0, int(highwater) - committed))
+
+
+def define_ops_views(app: faust.App, runtime: WorkerRuntime) -> None:
     readiness = Readiness(app, runtime)
     gauges = GaugeRefresher(runtime)
     install_prometheus_sensors(app)
 
     @app.page("/health")
     async def health(self: View, request: web.Request) -> web.Response:
-        return json_response({"status": "ok"})
+        # pid: lets a supervisor (``smartflow up``) tell its own worker from another process on this port
+        return json_response({"status": "ok", "pid": os.getpid()})
 
     @app.page("/ready")
     async def ready(self: View, request: web.Request) -> web.Response:
@@ -177,4 +211,5 @@ def define_ops_views(app: faust.App, runtime: Any) -> None:
     @app.page("/metrics")
     async def prometheus_metrics(self: View, request: web.Request) -> web.Response:
         await gauges.refresh()
+        refresh_consumer_lag(app, runtime)
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -4,14 +4,15 @@ Invariants:
 - Every JSON body is scrubbed after serialisation (last line of defence): the operator-configured tokens in
   :data:`SERVED_SECRETS` (admin and API tokens) and any ``Bearer <x>`` credential become ``****``; bodies carry
   ``Cache-Control: no-store``. Free text read from the database (``last_error``, reasons, test messages) is
-  scrubbed field by field with :func:`smartflow_streams.masking.scrub_text` by the views themselves. The body pass
-  deliberately does not use the process-wide :data:`~smartflow_streams.masking.SECRETS`: that registry also holds
-  user-chosen channel tokens, and a user who picked ``success`` as a token must not be able to mask the envelope.
+  scrubbed field by field with :func:`smartflow_streams.core.masking.scrub_text` by the views themselves. The body pass
+  deliberately does not use the process-wide :data:`~smartflow_streams.core.masking.SECRETS` (anything an operator
+  registers there for logs must not be able to mask the envelope).
 - Upstream-compatible APIs answer with upstream's envelope: ``{"status": "10000", "info": "success", "data": ...}``
   on success, ``{"status": "<code>", "info": "<message>"}`` on error; HTTP 401 for 40014, 400 for other 4xxxx codes,
   500 for 50000.
 - :func:`read_json_object` never raises on a bad body: it returns ``None`` for anything that is not a JSON object
-  (empty, not UTF-8, invalid JSON, an array, a scalar).
+  (empty, not UTF-8, invalid JSON, nested too deep for the parser, an array, a scalar); a body over aiohttp's
+  ``client_max_size`` (1 MiB) raises :class:`aiohttp.web.HTTPRequestEntityTooLarge` (413) for the caller.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from smartflow_streams.masking import SecretRegistry
+from smartflow_streams.core.masking import SecretRegistry
 
 SUCCESS = "10000"
 UNAUTHORIZED = 40014
@@ -65,7 +66,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any] | None:
     try:
         raw = await request.read()
         value = json.loads(raw.decode("utf-8")) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: a body nested ~100,000 deep
         return None
     return value if isinstance(value, dict) else None
 

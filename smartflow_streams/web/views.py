@@ -21,12 +21,12 @@ import base64
 import hashlib
 import importlib.resources
 import re
-from typing import Any
 
 import faust
 from aiohttp import web
 from faust.web import View
 
+from smartflow_streams.startup.runtime import WorkerRuntime
 from smartflow_streams.web.admin import define_admin_views
 from smartflow_streams.web.api import define_api_views
 from smartflow_streams.web.auth import register_secrets
@@ -50,7 +50,7 @@ def dashboard_page() -> tuple[str, str]:
     return _page
 
 
-def define_views(app: faust.App, runtime: Any) -> None:
+def define_views(app: faust.App, runtime: WorkerRuntime) -> None:
     register_secrets(runtime.settings)
     define_ops_views(app, runtime)
     define_admin_views(app, runtime)

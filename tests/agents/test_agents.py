@@ -10,12 +10,12 @@ import pytest
 import sqlalchemy as sa
 
 import config
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.contracts.envelope import KafkaEnvelope, OutboxEventShell
 from smartflow_streams.db.models import notification_records, outbox_dead_messages, user_notification_channels
 from smartflow_streams.outbox.repository import OutboxRepository
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger
-from support import FakeFeishu
+from tests.kit.support import FakeFeishu
 
 NOTIFY = "notification.feishu.requested"
 TRIGGER = "active_schedule.triggered"
@@ -23,7 +23,7 @@ TRIGGER = "active_schedule.triggered"
 
 @pytest.fixture
 async def worker(db):
-    from smartflow_streams.faust_app import build_app
+    from smartflow_streams.startup.faust_app import build_app
 
     settings = config.load_settings(
         database_url=db.url, kafka_bootstrap="127.0.0.1:1",
@@ -48,7 +48,7 @@ async def channel(db, user_id: int, url: str) -> None:
     async with db.engine.begin() as conn:
         await conn.execute(sa.insert(user_notification_channels).values(
             user_id=user_id, channel="feishu_webhook", enabled=True, webhook_url=url, auth_type="none",
-            webhook_kind="flow", created_at=clock.db_now(), updated_at=clock.db_now()))
+            bearer_token="", webhook_kind="flow", created_at=clock.db_now(), updated_at=clock.db_now()))
 
 
 def notification_payload(user_id: int = 7, key_suffix: str = "2026-04-30T10:00:00+08:00") -> dict:

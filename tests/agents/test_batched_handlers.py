@@ -13,13 +13,13 @@ import sqlalchemy as sa
 import config
 from agents.dispatch import Dispatcher
 from bench.common import StatementCounter
-from smartflow_streams import clock, metrics
+from smartflow_streams.core import clock, metrics
 from smartflow_streams.contracts.envelope import KafkaEnvelope, OutboxEventShell
 from smartflow_streams.db.models import active_schedule_previews, active_schedule_triggers, notification_records
 from smartflow_streams.outbox.repository import OutboxRepository
-from smartflow_streams.runtime import WorkerRuntime
+from smartflow_streams.startup.runtime import WorkerRuntime
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger
-from support import FakeFeishu
+from tests.kit.support import FakeFeishu
 
 from test_agents import NOTIFY, TRIGGER, channel, enqueue, notification_payload
 
@@ -85,7 +85,7 @@ async def test_trigger_batch_matches_one_by_one_and_falls_back(db, runtime) -> N
     assert rows["6"].status == "dead" and "trigger not found" in rows["6"].last_error
     assert {rows[str(u)].status for u in range(1, 6)} == {"consumed"}
     assert {t["status"] for t in triggers} == {"preview_generated"} and len(triggers) == 5
-    assert {t["preview_id"] for t in triggers} == {p["id"] for p in previews}
+    assert {t["preview_id"] for t in triggers} == {p["preview_id"] for p in previews}
     assert all(t["processed_at"] and t["completed_at"] and t["last_error"] is None for t in triggers)
     assert len(notifications) - 1 == 5  # + the foreign test row
     assert (await dispatcher(runtime).handle_batch("active-scheduler", events)) == ["duplicate"] * 6  # dead too
@@ -152,7 +152,7 @@ async def test_notification_batch_claims_at_most_max_in_flight_records_at_once(d
     """The kill -9 bound: records claimed (``sending``) but not yet recorded never exceed ``worker.max_in_flight``."""
     from aiohttp import web
 
-    from smartflow_streams.embedded import free_port
+    from smartflow_streams.cli.embedded import free_port
 
     runtime.settings.worker.max_in_flight = 3
     sending_seen: list[int] = []

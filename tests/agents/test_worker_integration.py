@@ -16,12 +16,12 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 
 import config
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.models import (
     active_schedule_triggers, notification_records, outbox_table, user_notification_channels,
 )
-from smartflow_streams.embedded import free_port
-from support import (
+from smartflow_streams.cli.embedded import free_port
+from tests.kit.support import (
     FakeFeishu, TopicReader, kill9, spawn_relay, spawn_worker, terminate, wait_for, wait_worker_ready, worker_env,
     write_upstream_trigger,
 )

@@ -1,4 +1,4 @@
-"""Dedupe keys and ids must be byte-identical to the Go builders (spec 8.3, 12)."""
+"""Dedupe keys and ids must be byte-identical to the Go builders (docs/upstream.md#dedupe-keys)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from smartflow_streams.contracts import (
     session_id_for_trigger,
     trigger_dedupe_key,
 )
-from smartflow_streams.timefmt import GO_ZERO_TIME, parse_go_time
+from smartflow_streams.contracts.gotime import GO_ZERO_TIME, parse_go_time
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 TRIGGER_ID = "ast_6f1c2a9e-8f0b-4c1d-9a7e-3b5d2c1e0f4a"

@@ -19,7 +19,7 @@ from smartflow_streams.contracts import (
     go_trim_space,
     try_outbox_id,
 )
-from smartflow_streams.errors import ContractError
+from smartflow_streams.core.errors import ContractError
 
 TRIGGER_PAYLOAD = (
     '{"trigger_id":"ast_6f1c2a9e-8f0b-4c1d-9a7e-3b5d2c1e0f4a","user_id":42,"trigger_type":"important_urgent_task",'

@@ -19,7 +19,7 @@ from smartflow_streams.contracts import (
     TriggerSource,
     TriggerType,
 )
-from smartflow_streams.errors import ContractError
+from smartflow_streams.core.errors import ContractError
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 TRIGGER_ID = "ast_6f1c2a9e-8f0b-4c1d-9a7e-3b5d2c1e0f4a"

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from smartflow_streams.contracts.envelope import KafkaEnvelope, OutboxEventShell, try_outbox_id
 from smartflow_streams.contracts.events import ActiveScheduleTriggeredPayload, FeishuNotificationRequestedPayload
-from smartflow_streams.errors import ContractError
+from smartflow_streams.core.errors import ContractError
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

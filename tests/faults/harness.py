@@ -27,11 +27,11 @@ Each case is a coroutine in :data:`CASES` (used by ``tests/faults/test_faults.py
 
 from __future__ import annotations
 
+# Size (~1130 lines): one Scenario driver plus the nine fault cases (a-i) that share it and its invariant
+# checks; the reusable parts (MariaDB, broker, fake Feishu, processes) are in tests/kit.
+
 import asyncio
-import base64
 import contextlib
-import hashlib
-import hmac
 import json
 import os
 import pathlib
@@ -50,19 +50,20 @@ from typing import Any
 import aiohttp
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
-from sqlalchemy.engine import make_url
 
 import config
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.engine import create_engine
 from smartflow_streams.db.models import (
     active_schedule_previews, active_schedule_triggers, notification_records, outbox_dead_messages, outbox_table,
     outbox_relay_leases, user_notification_channels,
 )
 from smartflow_streams.db.schema import upgrade_schema
-from smartflow_streams.embedded import free_port, start_tansu, stop_process
-from support import (
-    FakeFeishu, TopicReader, kill9, spawn_relay, spawn_worker, wait_for, worker_env, write_upstream_trigger,
+from smartflow_streams.cli.embedded import free_port, start_tansu, stop_process
+from tests.kit.feishu import BOT_OK, FLOW_OK, SIGN_FAILED, FaultFeishu, Post, Reply, feishu_sign  # noqa: F401
+from tests.kit.mariadb import MariaDBServer
+from tests.kit.support import (
+    TopicReader, kill9, spawn_relay, spawn_worker, wait_for, worker_env, write_upstream_trigger,
 )
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -88,139 +89,6 @@ FAULT_ENV: dict[str, str] = {
 
 WORKER_MAX_IN_FLIGHT = config.WorkerSettings().max_in_flight  # the workers run with the default (16)
 
-BOT_OK = {"StatusCode": 0, "StatusMessage": "success", "code": 0, "data": {}, "msg": "success"}
-FLOW_OK = {"code": 0, "msg": "success"}
-SIGN_FAILED = {"code": 19021, "data": {}, "msg": "sign match fail or timestamp is not within one hour from current time"}
-
-Reply = tuple[int, dict[str, Any], float]  # (HTTP status, JSON body, delay seconds)
-
-
-def feishu_sign(secret: str, timestamp: int) -> str:
-    """Feishu's custom-bot signature, written from the Feishu docs (independently of the product's code)."""
-    string_to_sign = f"{timestamp}\n{secret}".encode("utf-8")
-    return base64.b64encode(hmac.new(string_to_sign, digestmod=hashlib.sha256).digest()).decode("utf-8")
-
-
-# ------------------------------------------------------------------------------------------------ fake Feishu
-
-
-@dataclass
-class Post:
-    user_id: int
-    kind: str
-    at: float
-    status: int
-    code: int
-    delay: float
-    delivered: bool
-    peer_port: int
-    reason: str = ""
-
-
-class FaultFeishu(FakeFeishu):
-    """FakeFeishu plus the custom-bot route ``/open-apis/bot/v2/hook/{token}`` with signature verification.
-
-    * ``per_user[uid]``: scripted replies, popped one per POST of that user (flow body ``user_id``; bot token
-      ``bot-user-<uid>-...``); unscripted POSTs answer success after ``default_delay``.
-    * ``outage``: while set, every POST gets this reply (a global failure window).
-    * Bot channels with a secret in ``secrets[uid]`` must carry ``timestamp`` + ``sign``; the fake checks the HMAC
-      and that the timestamp is within 1 hour of its own clock (``time.time() + skew_seconds``), else it answers
-      HTTP 200 ``code 19021`` as Feishu does.
-    * Every POST is logged as a :class:`Post`; ``delivered`` = HTTP 200, code 0 and answered before the client's
-      timeout (``client_timeout``): a reply the worker never read is not counted as a delivery.
-    * ``inflight`` holds the POSTs being answered (with the client's TCP port, to find the sending process).
-    """
-
-    def __init__(self, *, client_timeout: float = 2.0, skew_seconds: float = 0.0, default_delay: float = 0.0,
-                 name: str = "feishu") -> None:
-        super().__init__()
-        self.name = name
-        self.client_timeout = client_timeout
-        self.skew_seconds = skew_seconds
-        self.default_delay = default_delay
-        self.outage: Reply | None = None
-        self.secrets: dict[int, str] = {}
-        self.log: list[Post] = []
-        self.inflight: dict[int, Post] = {}
-        self.sign_ok = 0
-        self.sign_rejected = 0
-
-    async def __aenter__(self) -> FaultFeishu:
-        web = self._web
-        app = web.Application()
-        app.router.add_post("/flow/api/trigger-webhook/{token}", self._flow)
-        app.router.add_post("/open-apis/bot/v2/hook/{token}", self._bot)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    def bot_url(self, user_id: int) -> str:
-        return f"http://127.0.0.1:{self.port}/open-apis/bot/v2/hook/bot-user-{user_id}-secretpart"
-
-    async def _flow(self, request: Any) -> Any:
-        body = await request.json()
-        return await self._answer(request, int(body.get("user_id", 0)), "flow", body, None)
-
-    async def _bot(self, request: Any) -> Any:
-        match = re.match(r"bot-user-(\d+)-", request.match_info["token"])
-        uid = int(match.group(1)) if match else 0
-        body = await request.json()
-        return await self._answer(request, uid, "bot", body, self._verify(uid, body))
-
-    def _verify(self, uid: int, body: dict[str, Any]) -> Reply | None:
-        secret = self.secrets.get(uid)
-        if not secret:
-            return None
-        try:
-            timestamp = int(body.get("timestamp", ""))
-        except (TypeError, ValueError):
-            self.sign_rejected += 1
-            return 200, SIGN_FAILED, 0.0
-        now = time.time() + self.skew_seconds
-        expected = feishu_sign(secret, timestamp)
-        if abs(now - timestamp) > 3600 or not hmac.compare_digest(expected, str(body.get("sign", ""))):
-            self.sign_rejected += 1
-            return 200, SIGN_FAILED, 0.0
-        self.sign_ok += 1
-        return None
-
-    async def _answer(self, request: Any, uid: int, kind: str, body: dict[str, Any], forced: Reply | None) -> Any:
-        self.posts.append(body)
-        self.headers.append(dict(request.headers))
-        queue = self.per_user.get(uid)
-        reason = ""
-        if forced is not None:
-            status, reply, delay = forced
-            reason = "sign"
-        elif self.outage is not None:
-            status, reply, delay = self.outage
-            reason = "outage"
-        elif queue:
-            status, reply, delay = queue.pop(0)
-            reason = "script"
-        else:
-            status, reply, delay = 200, (FLOW_OK if kind == "flow" else BOT_OK), self.default_delay
-        code = reply.get("code", 0) if isinstance(reply, dict) else 0
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        post = Post(uid, kind, time.time(), status, int(code or 0), delay,
-                    status == 200 and not code and delay < self.client_timeout, int(peer[1]) if peer else 0, reason)
-        self.log.append(post)
-        self.inflight[id(post)] = post
-        try:
-            if delay:
-                await asyncio.sleep(delay)
-            return self._web.json_response(reply, status=status)
-        finally:
-            self.inflight.pop(id(post), None)
-
-    def posts_by_user(self) -> dict[int, int]:
-        return dict(Counter(p.user_id for p in self.log))
-
-    def delivered_by_user(self) -> dict[int, int]:
-        return dict(Counter(p.user_id for p in self.log if p.delivered))
-
 
 def socket_owner(client_port: int, server_port: int, pids: list[int]) -> int | None:
     """The pid (among ``pids``) owning the TCP connection 127.0.0.1:client_port -> :server_port (Linux /proc)."""
@@ -245,54 +113,7 @@ def socket_owner(client_port: int, server_port: int, pids: list[int]) -> int | N
     return None
 
 
-# --------------------------------------------------------------------------------------------- private MariaDB
-
-
-class PrivateMariaDB:
-    """A MariaDB server of our own (scripts/mariadb.sh on a private datadir and port) that a case may stop."""
-
-    SCRIPT = ROOT / "scripts" / "mariadb.sh"
-
-    def __init__(self, datadir: pathlib.Path) -> None:
-        self.datadir = datadir
-        self.port = 0
-        self.url = ""
-
-    def _run(self, cmd: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["bash", str(self.SCRIPT), cmd, str(self.datadir), str(self.port)],
-                              capture_output=True, text=True, timeout=120)
-
-    def start(self) -> str:
-        for _ in range(3):
-            if not self.port:
-                self.port = free_port()
-            result = self._run("start")
-            if result.returncode == 0:
-                self.url = result.stdout.strip().splitlines()[-1]
-                return self.url
-            self._run("stop")
-            self.port = 0
-        raise RuntimeError(f"MariaDB did not start: {result.stderr[-2000:]}")
-
-    def restart_same_port(self) -> None:
-        result = self._run("start")
-        if result.returncode != 0:
-            raise RuntimeError(f"MariaDB did not restart: {result.stderr[-2000:]}")
-
-    def stop(self) -> None:
-        self._run("stop")
-        pidfile = self.datadir / "run" / "mysqld.pid"
-        deadline = time.monotonic() + 30
-        while pidfile.exists() and time.monotonic() < deadline:  # shutdown returns before the pid file goes
-            time.sleep(0.05)
-
-    async def create_database(self) -> str:
-        name = f"f_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(config.load_settings(database_url=self.url))
-        async with admin.begin() as conn:
-            await conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-        await admin.dispose()
-        return make_url(self.url).set(database=name).render_as_string(hide_password=False)
+PrivateMariaDB = MariaDBServer  # the kit's MariaDB starter (stoppable, same-port restart)
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -669,7 +490,7 @@ class Scenario:
                 await conn.execute(sa.insert(user_notification_channels).values(
                     user_id=user_id, channel="feishu_webhook", enabled=True, webhook_url=url,
                     auth_type="bearer" if spec.kind == "flow" else "none",
-                    bearer_token=f"bearer-secret-{user_id}" if spec.kind == "flow" else None,
+                    bearer_token=f"bearer-secret-{user_id}" if spec.kind == "flow" else "",
                     webhook_kind=spec.kind, sign_secret=spec.secret or None, msg_type="text",
                     created_at=now, updated_at=now))
             trigger_id = await write_upstream_trigger(conn, self.as_topic, user_id, target_id, requested_at, now)
@@ -1072,7 +893,7 @@ async def case_d_broker_restart(db_url: str, workdir: pathlib.Path, *, rate: flo
     (3 s here) and its rows go back with backoff; the workers' sessions expire (6 s) and they rejoin. The whole
     system must settle on its own within ``worker_grace`` s, with no process restarted.
 
-    Not covered (Tansu-specific, README "Fault injection"): Tansu restarted EMPTY. Topics it auto-creates on the
+    Not covered (Tansu-specific, docs/faults.md#cases): Tansu restarted EMPTY. Topics it auto-creates on the
     first produce after such a restart accept records but serve no fetches (observed with Tansu 0.6.0: consumers
     and changelog recovery wait forever), so only an operator re-creating the broker state can recover that."""
     async with Scenario("d_broker_restart", db_url, workdir, relays=1, workers=1, rate=rate) as sc:

@@ -41,7 +41,8 @@ async def test_a_relay_kill9_mid_batch_three_times(db, tmp_path):
 
 async def test_b_worker_kill9_mid_post(db, tmp_path):
     """Two workers; the one with a webhook POST in flight is killed, then restarted. Tolerated: the in-flight POST
-    is delivered again after the 4 s sending lease (README "the one possible duplicate per dedupe key")."""
+    is delivered again after the 4 s sending lease
+    (docs/architecture.md#at-most-one-webhook-post-per-dedupe-key-in-flight)."""
     res = await _run("b_worker_kill9", db, tmp_path, rate=8, duration=10)
     assert res["worker_kills"] == 1
 

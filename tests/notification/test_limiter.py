@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from smartflow_streams.notification.limiter import RateLimiter
+from smartflow_streams.notification.limiter import RateLimiter, RateLimitWait
 
 URL_A = "https://open.feishu.cn/open-apis/bot/v2/hook/aaaaaaaa-1111-2222-3333-444444444444"
 URL_B = "https://open.feishu.cn/open-apis/bot/v2/hook/bbbbbbbb-5555-6666-7777-888888888888"
@@ -190,3 +190,33 @@ async def test_real_clock_waits_a_few_milliseconds() -> None:
 
     assert 0.01 <= waited < 0.5  # about 50 ms: one token at 20/s
     assert limiter.waits_total == 1
+
+
+@pytest.mark.asyncio
+async def test_wait_longer_than_max_wait_raises_and_reserves_nothing() -> None:
+    fake = FakeTime()
+    limiter = make_limiter(fake, per_second=1000.0, per_minute=100.0)
+    for _ in range(100):
+        await limiter.acquire(URL_A, max_wait=1.0)
+
+    with pytest.raises(RateLimitWait) as over:
+        await limiter.acquire(URL_A, max_wait=1.0)  # the 101st within a minute: ~60 s away
+
+    assert over.value.wait_seconds == pytest.approx(60.0)
+    assert fake.sleeps == []  # nothing slept, nothing reserved
+    fake.now += 60.0
+    assert await limiter.acquire(URL_A, max_wait=1.0) == 0.0
+
+
+@pytest.mark.asyncio
+async def test_max_wait_counts_the_slots_reserved_by_earlier_callers() -> None:
+    fake = FakeTime()
+    limiter = make_limiter(fake)  # 5 at once, then one per 0.2 s
+
+    calls = [limiter.acquire(URL_A, max_wait=1.0) for _ in range(12)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+
+    waits = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, RateLimitWait)]
+    assert waits == pytest.approx([0.0] * 5 + [0.2, 0.4, 0.6, 0.8, 1.0])
+    assert len(refused) == 2 and refused[0].wait_seconds == pytest.approx(1.2)

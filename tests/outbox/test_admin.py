@@ -2,7 +2,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.outbox import admin
 from smartflow_streams.outbox.repository import OutboxRepository
 

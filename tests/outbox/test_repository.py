@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 from bench.common import StatementCounter
-from smartflow_streams import clock
-from smartflow_streams.errors import RouteError, RouteNotRegisteredError
+from smartflow_streams.core import clock
+from smartflow_streams.core.errors import RouteError, RouteNotRegisteredError
 from smartflow_streams.outbox.repository import (
     ConsumeOutcome, OutboxRepository, backoff_seconds, truncate_error,
 )

@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 import config
-from smartflow_streams.embedded import free_port, start_tansu, stop_process
+from smartflow_streams.cli.embedded import free_port, start_tansu, stop_process
 from smartflow_streams.outbox.repository import OutboxRepository
-from support import TopicReader, base_env, kill9, spawn_relay, terminate, wait_for
+from tests.kit.support import TopicReader, base_env, kill9, spawn_relay, terminate, wait_for
 
 pytestmark = pytest.mark.slow
 EVENT = "notification.feishu.requested"

@@ -1,4 +1,4 @@
-"""Due jobs (spec 8.2) on MariaDB and SQLite: upsert, every scanner rule, concurrent scanners."""
+"""Due jobs (docs/upstream.md#due-jobs) on MariaDB and SQLite: upsert, every scanner rule, concurrent scanners."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.contracts.envelope import OutboxEventShell
 from smartflow_streams.contracts.events import ActiveScheduleTriggeredPayload
 from smartflow_streams.db.models import active_schedule_jobs as jobs_t
@@ -19,7 +19,7 @@ from smartflow_streams.scheduler.jobs import (
     JobOnlyTaskReader, TaskInfo, cancel_pending_job, scan_due_jobs, upsert_job,
 )
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger
-from smartflow_streams.timefmt import format_go_time
+from smartflow_streams.contracts.gotime import format_go_time
 
 SH = ZoneInfo("Asia/Shanghai")
 

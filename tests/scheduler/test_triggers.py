@@ -1,4 +1,5 @@
-"""Trigger creation (spec 8.3) on MariaDB and SQLite: atomic trigger + outbox row, dedupe, validation."""
+"""Trigger creation (docs/upstream.md#trigger-creation) on MariaDB and SQLite: atomic trigger + outbox row, dedupe,
+validation."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.contracts.envelope import OutboxEventShell
 from smartflow_streams.contracts.events import ActiveScheduleTriggeredPayload
 from smartflow_streams.db.models import active_schedule_triggers as triggers_t
-from smartflow_streams.errors import ContractError
+from smartflow_streams.core.errors import ContractError
 from smartflow_streams.outbox.repository import OutboxRepository
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger, json_value
 

@@ -1,4 +1,5 @@
-"""The triggered workflow (spec 8.4) on MariaDB and SQLite, driven by events read back from the outbox."""
+"""The triggered workflow (docs/upstream.md#trigger-workflow) on MariaDB and SQLite, driven by events read back from
+the outbox."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.contracts.envelope import OutboxEventShell
 from smartflow_streams.contracts.events import ActiveScheduleTriggeredPayload, FeishuNotificationRequestedPayload
 from smartflow_streams.db.models import active_schedule_previews as previews_t
 from smartflow_streams.db.models import active_schedule_triggers as triggers_t
-from smartflow_streams.errors import ContractError
+from smartflow_streams.core.errors import ContractError
 from smartflow_streams.outbox.repository import OutboxRepository
 from smartflow_streams.scheduler.preview import DeterministicPreviewBuilder, PreviewDecision
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger, json_value
@@ -91,11 +92,15 @@ async def test_happy_path_writes_preview_trigger_status_and_notification(db) -> 
     result = await run(db, event)
     assert (result.status, result.notified, result.idempotent) == ("preview_generated", True, False)
     [preview] = await previews(db)
-    assert preview["id"] == result.preview_id and preview["id"].startswith("asp_")
+    assert preview["preview_id"] == result.preview_id and preview["preview_id"].startswith("asp_")
     assert (preview["status"], preview["apply_status"], preview["trigger_id"]) == ("ready", "none", event.trigger_id)
-    assert preview["summary_text"] == "任务 #7 已到紧急阈值，建议在今天安排处理时段。"
+    assert preview["explanation_text"] == "任务 #7 已到紧急阈值，建议在今天安排处理时段。"
+    assert preview["notification_summary"] == preview["explanation_text"]
     assert preview["expires_at"] - preview["generated_at"] == timedelta(seconds=3600)
-    assert json_value(preview["preview_json"])["target_id"] == 7
+    assert json_value(preview["decision_json"])["target_id"] == 7
+    assert (preview["candidate_count"], preview["selected_candidate_id"]) == (1, "c1")
+    assert json_value(preview["selected_candidate_json"]) == json_value(preview["candidates_json"])[0]
+    assert preview["base_version"].startswith("sfs1:") and len(preview["base_version"]) == 69
     row = await trigger_row(db, event.trigger_id)
     assert (row["status"], row["preview_id"]) == ("preview_generated", result.preview_id)
     assert row["processed_at"] >= before and row["completed_at"] >= row["processed_at"]
@@ -105,8 +110,8 @@ async def test_happy_path_writes_preview_trigger_status_and_notification(db) -> 
     conversation = uuid.uuid5(CONVERSATION_NS, event.trigger_id)
     assert note.dedupe_key == "42:important_urgent_task:2026-04-30T10:00:00+08:00"
     assert note.target_url == f"/assistant/{conversation}"
-    assert note.summary_text == preview["summary_text"]
-    assert note.fallback_text == f"{preview['summary_text']}，请查看：/assistant/{conversation}"
+    assert note.summary_text == preview["notification_summary"]
+    assert note.fallback_text == f"{preview['notification_summary']}，请查看：/assistant/{conversation}"
     assert (note.user_id, note.trigger_id, note.preview_id) == (42, event.trigger_id, result.preview_id)
     assert (note.trigger_type, note.target_type, note.target_id) == ("important_urgent_task", "task_pool", 7)
     assert note.trace_id == "trace_api_trigger_42_1"
@@ -143,8 +148,9 @@ async def test_existing_preview_is_reused_without_notification(db) -> None:
     now = clock.db_now()
     async with db.sessions() as s, s.begin():
         await s.execute(sa.insert(previews_t).values(
-            id="asp_existing", trigger_id=event.trigger_id, user_id=42, trigger_type="important_urgent_task",
-            target_type="task_pool", target_id=7, status="ready", created_at=now, updated_at=now))
+            preview_id="asp_existing", trigger_id=event.trigger_id, user_id=42, trigger_type="important_urgent_task",
+            target_type="task_pool", target_id=7, status="ready", base_version="go-base", generated_at=now,
+            expires_at=now, created_at=now, updated_at=now))
     builder = Recorder(PreviewDecision(True, True, "x", "x"))
     result = await run(db, event, builder)
     assert (result.status, result.preview_id, result.notified) == ("preview_generated", "asp_existing", False)

@@ -2,8 +2,10 @@
 Protocol with aiohttp's websocket client (no extra dependency), against a real worker + relay on Tansu and SQLite.
 
 Checks: the page loads under its CSP without script errors, shows live numbers that change when triggers are
-written to the DB (relay -> Kafka -> worker), stores the admin token typed by the user, and its Requeue button
-(clicked with real mouse events) moves a dead row back to ``pending``. Saves ``var/dashboard.png``.
+written to the DB (relay -> Kafka -> worker), accounts for every consumed notification event (sent, skipped,
+failed, dead, deduplicated; database all time next to this worker since start, labelled), shows the admin-token
+placeholder whole, stores the admin token typed by the user, and its Requeue button (clicked with real mouse events)
+moves a dead row back to ``pending``. Saves ``var/dashboard.png``.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ import pytest
 import sqlalchemy as sa
 
 import config
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.db.models import outbox_admin_audit, outbox_table, user_notification_channels
-from smartflow_streams.embedded import free_port
+from smartflow_streams.cli.embedded import free_port
 from smartflow_streams.scheduler.triggers import TriggerRequest, create_trigger
-from support import FakeFeishu, ROOT, spawn_relay, spawn_worker, terminate, wait_for, worker_env
+from tests.kit.support import FakeFeishu, ROOT, spawn_relay, spawn_worker, terminate, wait_for, worker_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -169,6 +171,13 @@ def card_count(service: str, status: str) -> str:
             f"|| {{textContent: '-1'}}).textContent.replace(/,/g, ''))")
 
 
+def outcome(status: str, *, worker: bool = False) -> str:
+    """The notification-outcomes cell of ``status``: database (all time) or this worker (since start)."""
+    attr = "data-worker-count" if worker else "data-count"
+    return (f"Number((document.querySelector('#notification-outcomes tr[data-status=\"{status}\"] [{attr}]') "
+            f"|| {{textContent: '-1'}}).textContent.replace(/,/g, ''))")
+
+
 async def dead_task_rows(db: Any) -> list[int]:
     now = clock.db_now()
     ids = []
@@ -197,7 +206,7 @@ async def test_dashboard_live_numbers_and_requeue(db, kafka_bootstrap, tmp_path,
             for uid in USERS:
                 await conn.execute(sa.insert(user_notification_channels).values(
                     user_id=uid, channel="feishu_webhook", enabled=True, webhook_url=feishu.url(uid),
-                    auth_type="none", webhook_kind="flow", created_at=now, updated_at=now))
+                    auth_type="none", bearer_token="", webhook_kind="flow", created_at=now, updated_at=now))
         worker = spawn_worker(env, tmp_path / "worker.log")
         relay = spawn_relay(env, tmp_path / "relay.log")
         base = f"http://127.0.0.1:{port}"
@@ -227,7 +236,8 @@ async def test_dashboard_live_numbers_and_requeue(db, kafka_bootstrap, tmp_path,
 
             await browser.type_into("#admin-token", ADMIN)
             await browser.click("#save-token")
-            assert await browser.eval("localStorage.getItem('smartflow.adminToken')") == ADMIN
+            assert await browser.eval("sessionStorage.getItem('smartflow.adminToken')") == ADMIN
+            assert await browser.eval("localStorage.getItem('smartflow.adminToken')") is None  # not kept on disk
             assert await browser.eval("document.querySelector('#token-state').textContent") == "token saved"
             assert await browser.eval("document.querySelector('#admin-token').value") == ""
 
@@ -249,6 +259,40 @@ async def test_dashboard_live_numbers_and_requeue(db, kafka_bootstrap, tmp_path,
                                f"[data-count]').textContent === '{len(USERS)}'", 15, "sent notifications")
             assert len(feishu.posts) == len(USERS)
             assert int(await browser.eval("document.querySelector('#last-updated').dataset.ts")) > first_ts
+
+            # every consumed event accounted for: two more triggers for one user in the same window are
+            # consumed and deduplicated (no POST); the page shows them in both scopes, and the rows sum to consumed
+            for i in range(2):
+                async with db.sessions() as s, s.begin():
+                    await create_trigger(s, TriggerRequest(
+                        user_id=USERS[0], trigger_type="important_urgent_task", source="api_trigger",
+                        target_type="task_pool", target_id=950 + i), config.get_settings())
+            consumed = len(USERS) + 2
+            await browser.wait(f"{card_count('notification', 'consumed')} === {consumed}", 30,
+                               "notification consumed count with the duplicates")
+            await browser.wait(f"{outcome('total')} === {consumed} && {outcome('deduplicated')} === 2", 15,
+                               "deduplicated events in the outcomes table")
+            plain = ("sent", "skipped", "failed", "dead", "pending", "sending", "deduplicated")
+            assert sum([await browser.eval(outcome(s)) for s in plain]) == consumed
+            assert await browser.eval(outcome("sent")) == len(USERS)
+            await browser.wait(f"{outcome('deduplicated', worker=True)} === 2 && "
+                               f"{outcome('total', worker=True)} === {consumed}", 15, "this worker's counters")
+            assert await browser.eval(outcome("sent", worker=True)) == len(USERS)
+            assert len(feishu.posts) == len(USERS)
+            heads = await browser.eval("[...document.querySelectorAll('#notification-outcomes th')]"
+                                       ".map(th => th.textContent)")
+            assert heads[1:3] == ["database, all time", "this worker, since start"]
+            card_text = await browser.eval("document.querySelector('.card[data-service=\"notification\"]').innerText")
+            assert "rows above: database, all time" in card_text and "this worker, since start" in card_text
+            # the admin-token field is wide enough for its whole placeholder (it was cut off)
+            fit = await browser.eval("""(() => {
+                const input = document.querySelector('#admin-token'), css = getComputedStyle(input);
+                const ctx = document.createElement('canvas').getContext('2d');
+                ctx.font = css.font;
+                const room = input.clientWidth - parseFloat(css.paddingLeft) - parseFloat(css.paddingRight);
+                return {text: ctx.measureText(input.placeholder).width, room};
+            })()""")
+            assert fit["text"] <= fit["room"], fit
 
             # Requeue with the token: a real click on the row's button
             await browser.click(button)

@@ -7,6 +7,9 @@ greps every body served in this module and the worker's log for the configured s
 
 from __future__ import annotations
 
+# Size (~570 lines): one real worker stack per backend is shared by every view test here (module-scoped fixture);
+# splitting the file would start a worker stack again per file.
+
 import asyncio
 import json
 import pathlib
@@ -27,15 +30,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import config
 from conftest import DB, drop_database, make_database
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.catalog import BUILTIN_SERVICES, registry
 from smartflow_streams.db.engine import create_engine
 from smartflow_streams.db.models import (
     active_schedule_triggers, notification_records, outbox_admin_audit, outbox_dead_messages, outbox_table,
 )
 from smartflow_streams.db.schema import upgrade_schema
-from smartflow_streams.embedded import free_port
-from support import FakeFeishu, spawn_worker, terminate, worker_env
+from smartflow_streams.cli.embedded import free_port
+from tests.kit.support import FakeFeishu, spawn_worker, terminate, worker_env
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +47,7 @@ API = "tok-user-42"
 BEARER_SECRET = "bearer-secret-6d1a0c"
 WEBHOOK_SECRET = "tok-user-42-secretpart"  # last path segment of FakeFeishu.url(42)
 SECRETS = (ADMIN, API, BEARER_SECRET, WEBHOOK_SECRET)
+TEST_INTERVAL = 2.0  # notification.channel_test_interval_seconds of this module's worker
 
 
 @dataclass
@@ -55,6 +59,7 @@ class Stack:
     log: pathlib.Path
     ready_statuses: list[Any]
     bodies: list[str] = field(default_factory=list)
+    pid: int = 0  # the worker process's id (its /health reports it)
 
 
 def _poll_ready(base: str, proc: Any, log: pathlib.Path, bodies: list[str], timeout: float = 60.0) -> list[Any]:
@@ -93,14 +98,16 @@ def stack(request: pytest.FixtureRequest, kafka_bootstrap: str,
     db = asyncio.run(prepare())
     tag, port = uuid.uuid4().hex[:8], free_port()
     env = worker_env(db.url, kafka_bootstrap, tag, port, SMARTFLOW_ADMIN_TOKEN=ADMIN,
-                     SMARTFLOW_API_TOKENS=json.dumps({API: 42}))
+                     SMARTFLOW_API_TOKENS=json.dumps({API: 42}),
+                     SMARTFLOW_NOTIFICATION__CHANNEL_TEST_INTERVAL_SECONDS=str(TEST_INTERVAL),
+                     SMARTFLOW_WORKER__AUTH_FAILURES_PER_MINUTE="1000")  # tests/web/test_auth.py tests the throttle
     log = tmp / "worker.log"
     proc = spawn_worker(env, log)
     base = f"http://127.0.0.1:{port}"
     bodies: list[str] = []
     try:
         statuses = _poll_ready(base, proc, log, bodies)
-        yield Stack(kind, db, tag, base, log, statuses, bodies)
+        yield Stack(kind, db, tag, base, log, statuses, bodies, proc.pid)
     finally:
         assert terminate(proc) == 0
         asyncio.run(drop_database(db, mysql))
@@ -176,7 +183,7 @@ async def outbox_row(engine: AsyncEngine, service: str, oid: int) -> Any:
 
 
 async def test_health_and_ready(env: Env) -> None:
-    assert await env.client.call("GET", "/health") == (200, {"status": "ok"})
+    assert await env.client.call("GET", "/health") == (200, {"status": "ok", "pid": env.stack.pid})
     status, body = await env.client.call("GET", "/ready")
     assert status == 200 and body["status"] == "ready"
     checks = body["checks"]
@@ -462,6 +469,9 @@ async def test_channel_api(env: Env) -> None:
         assert (result["status"], result["outcome"], result["provider"], result["skipped"]) == (
             "success", "success", "feishu", False)
         assert len(feishu.posts) == 1 and feishu.headers[0]["Authorization"] == f"Bearer {BEARER_SECRET}"
+        status, body = await c.call("POST", path + "/test", token=API)  # again at once: throttled, nothing sent
+        assert (status, body["status"]) == (429, "42900"), body
+        assert len(feishu.posts) == 1
         assert feishu.posts[0]["trigger_id"] == "ast_test_webhook"
         _, body = await c.call("GET", path, token=API)
         assert body["data"]["last_test_status"] == "success" and body["data"]["last_test_at"]
@@ -484,9 +494,62 @@ async def test_channel_api(env: Env) -> None:
         assert (status, body["data"]) == (200, {"deleted": True})
         _, body = await c.call("GET", path, token=API)
         assert body["data"]["configured"] is False
+        await asyncio.sleep(TEST_INTERVAL)
         _, body = await c.call("POST", path + "/test", token=API)
         assert (body["data"]["status"], body["data"]["skipped"]) == ("failed", True)
         assert len(feishu.posts) == 1
+
+
+async def _raw_request(base: str, head: bytes) -> tuple[int, bytes]:
+    """One HTTP/1.1 request written byte for byte (a header aiohttp's client would refuse to send)."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    status = int(data.split(b" ", 2)[1])
+    return status, data.partition(b"\r\n\r\n")[2]
+
+
+async def test_hostile_input_gets_clear_errors(env: Env) -> None:
+    """Issue 18, items 2, 5 and 8: deep nesting, oversized bodies and fields, loose types, a non-UTF-8
+    Authorization header, an id beyond BIGINT: each a 4xx in the route's shape, never a 500."""
+    c = env.client
+    path = "/api/v1/notification/channels/feishu"
+    deep = "[" * 100_000 + "]" * 100_000
+    upstream_error(await c.call("PUT", path, raw=deep, token=API), 400, "40005")
+    upstream_error(await c.call("POST", "/api/v1/active-schedule/trigger", raw=deep, token=API), 400, "40005")
+    status, body = await c.call("POST", "/admin/dead/taskclass-forum/requeue", raw=deep, token=ADMIN)
+    assert status == 400 and set(body) == {"error"}, body
+    status, body = await c.call("PUT", path, raw=b"{" + b" " * (2 * 1024 * 1024) + b"}", token=API)
+    assert (status, body["status"]) == (413, "41300"), body
+    status, body = await c.call("POST", "/admin/dead/taskclass-forum/requeue", body={"ids": [10**30]}, token=ADMIN)
+    assert status == 400 and "2**63" in body["error"], body
+
+    async with FakeFeishu() as feishu:
+        url = feishu.url(43)
+        for bad in ({"webhook_url": url, "auth_type": "bearer", "bearer_token": ["x"]},
+                    {"webhook_url": url, "enabled": "false"},
+                    {"webhook_url": url, "sign_secret": {"a": 1}},
+                    {"webhook_url": [url]},
+                    {"webhook_url": url + "x" * 900_000},
+                    {"webhook_url": url + "x" * 600},
+                    {"webhook_url": url, "auth_type": "bearer", "bearer_token": "b" * 513},
+                    {"webhook_url": url, "sign_secret": "s" * 129},
+                    {"webhook_url": f"{env.stack.base}/admin/dead/task/requeue"}):  # our own admin routes
+            info = upstream_error(await c.call("PUT", path, body=bad, token=API), 400, "40005")
+            assert "wrong parameter" in info, (bad.keys(), info)
+        status, body = await c.call("PUT", path, token=API, body={"webhook_url": url, "enabled": False})
+        assert status == 200 and body["data"]["enabled"] is False
+
+    port = env.stack.base.rsplit(":", 1)[1]
+    for route in (path, "/admin/audit/"):
+        status, answer = await _raw_request(env.stack.base, (
+            f"GET {route} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n".encode()
+            + b"Authorization: Bearer \xff\xfe\xc3\x28\r\n\r\n"))
+        assert status == 401, (route, status, answer[:200])
+        assert b"Traceback" not in answer
 
 
 def _fuzz_value(rng: random.Random, depth: int = 0) -> Any:
@@ -550,7 +613,7 @@ async def test_fuzzed_bodies_get_clear_errors_and_never_break_the_worker(env: En
             assert set(answer) == {"error"}, answer
     assert seen.get(400, 0) > 100  # the fuzz really hit the validation paths
     status, health = await c.call("GET", "/health")
-    assert status == 200 and health == {"status": "ok"}
+    assert status == 200 and health == {"status": "ok", "pid": env.stack.pid}
 
 
 async def test_no_secret_in_any_body_or_the_worker_log(env: Env) -> None:
