@@ -50,12 +50,12 @@ from bench.common import (  # noqa: E402
 )
 from bench.pipeline_bench import LOGS, Webhook, count_sent, env_for, prepare  # noqa: E402
 from outbox_relay.producer import ensure_topics  # noqa: E402
-from smartflow_streams import clock  # noqa: E402
+from smartflow_streams.core import clock  # noqa: E402
 from smartflow_streams.contracts.envelope import KafkaEnvelope, OutboxEventShell  # noqa: E402
 from smartflow_streams.db.engine import create_engine  # noqa: E402
 from smartflow_streams.db.models import active_schedule_triggers, outbox_table  # noqa: E402
 from smartflow_streams.db.schema import upgrade_schema  # noqa: E402
-from support import spawn, spawn_relay, spawn_worker, terminate, upstream_trigger_rows, wait_worker_ready  # noqa: E402
+from tests.kit.support import spawn, spawn_relay, spawn_worker, terminate, upstream_trigger_rows, wait_worker_ready  # noqa: E402
 
 AS_TABLE = outbox_table("active_scheduler_outbox_messages")
 AS_SERVICE = "active-scheduler"

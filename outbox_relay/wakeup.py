@@ -36,7 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 
 log = logging.getLogger("outbox_relay")
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from outbox_relay.wakeup import DueWatcher
-from smartflow_streams import clock
+from smartflow_streams.core import clock
 from smartflow_streams.outbox.repository import OutboxRepository
 
 EVENT = "notification.feishu.requested"
