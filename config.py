@@ -53,6 +53,10 @@ class RelaySettings(BaseModel):
         10.0, gt=0, description="leader lease per table when exclusive; a crashed leader's rows are published by the "
         "next one after it")
     idle_poll_max_ms: int = Field(50, ge=1, description="poll interval ceiling when a table is idle")
+    idle_deep_poll_ms: int = Field(
+        250, ge=1, description="idle probe interval once nothing was due for idle_deep_after_seconds: the most a "
+        "first row after a quiet period waits (instead of idle_poll_max_ms); an idle relay then sends ~4 probes/s")
+    idle_deep_after_seconds: float = Field(2.0, ge=0, description="quiet time before the idle probe slows down")
     partial_poll_ms: float = Field(
         10.0, ge=0, description="wait after a partial batch before the next read: rows committed meanwhile go out "
         "together (fewer, bigger batches under light load) at the cost of up to this much latency per row")
@@ -101,6 +105,10 @@ class WorkerSettings(BaseModel):
     fetch_max_wait_ms: int = Field(
         1500, ge=1, le=60_000, description="longest a consumer fetch may wait for records (Faust hard-codes 1500; "
         "Apache Kafka answers as soon as records arrive, Tansu only after the whole wait: use 10 there)")
+    fetch_idle_max_wait_ms: int | None = Field(
+        None, ge=1, le=60_000, description="when above fetch_max_wait_ms: each fetch that brings no record doubles "
+        "the wait up to this, the first record resets it (an idle worker on Tansu: 10 ms waits = 100 fetches/s; "
+        "the first record after a quiet period then waits up to this long)")
     max_in_flight: int = Field(
         16, ge=1, description="message keys of one batch processed concurrently per agent (per key: in order; "
         "SQLite always uses 1, one writer), and notification records claimed and POSTed at once per agent (the most "

@@ -99,13 +99,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def pids_named(name: str) -> list[int]:
-    """Pids of the running processes whose command name is ``name`` (e.g. ``mariadbd``, ``tansu``)."""
+def pids_named(name: str, port: int | None = None) -> list[int]:
+    """Pids of the running processes whose command name is ``name`` (e.g. ``mariadbd``, ``tansu``); with ``port``,
+    only those whose command line names that port (on a shared machine: this run's server, not another's)."""
     out = []
     for entry in pathlib.Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if (entry / "comm").read_text().strip() == name:
+                if (entry / "comm").read_text().strip() == name and (
+                        port is None or f":{port}" in (args := (entry / "cmdline").read_bytes().decode(
+                            errors="replace").replace("\0", " ")) or f"--port={port}" in args):
                     out.append(int(entry.name))
     return out
 

@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 
@@ -41,6 +43,10 @@ from smartflow_streams.db.schema import upgrade_schema  # noqa: E402
 from smartflow_streams.outbox.repository import OutboxRepository  # noqa: E402
 
 TABLE = outbox_table("notification_outbox_messages")
+Fill = Callable[[Any, sa.Table, str, int], Awaitable[None]]
+"""``fill(engine, table, topic, n)``: write n pending rows."""
+Fresh = Callable[[str], Awaitable[Any]]
+"""``fresh(url)``: an engine on an empty, upgraded schema."""
 
 
 async def fresh_db(url: str):  # type: ignore[no-untyped-def]
@@ -51,49 +57,59 @@ async def fresh_db(url: str):  # type: ignore[no-untyped-def]
     return engine
 
 
-async def count_published(engine) -> int:  # type: ignore[no-untyped-def]
+async def count_published(engine, table: sa.Table = TABLE) -> int:  # type: ignore[no-untyped-def]
     async with engine.connect() as conn:
-        return int((await conn.execute(sa.select(sa.func.count()).where(TABLE.c.status == "published"))).scalar())
+        return int((await conn.execute(sa.select(sa.func.count()).where(table.c.status == "published"))).scalar())
 
 
-async def _raw_setup(bootstrap: str, n: int) -> tuple[list[tuple[bytes, bytes]], AIOKafkaProducer]:
-    """n (key, envelope) pairs like the relay's and a started producer with the relay's settings."""
-    envelopes = [(str(i % 500).encode(), KafkaEnvelope.from_shell(i + 1, OutboxEventShell.parse(_shell(i)),
-                                                                   "notification").to_json_bytes()) for i in range(n)]
+Message = tuple[bytes, bytes, list[tuple[str, bytes]]]
+"""(key, envelope, headers) of one Kafka message, as the relay sends it."""
+
+
+def notification_messages(n: int) -> list[Message]:
+    """The relay_bench load as messages: ``notification.feishu.requested`` envelopes, 500 keys."""
+    headers = [("event_id", b"x"), ("event_type", EVENT.encode()), ("event_version", b"1"),
+               ("service_name", b"notification")]
+    return [(str(i % 500).encode(), KafkaEnvelope.from_shell(i + 1, OutboxEventShell.parse(_shell(i)),
+                                                             "notification").to_json_bytes(), headers)
+            for i in range(n)]
+
+
+async def _raw_setup(bootstrap: str) -> AIOKafkaProducer:
+    """A started producer with the relay's settings."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1_048_576)
     await producer.start()
-    return envelopes, producer
+    return producer
 
 
-async def raw_producer(bootstrap: str, topic: str, n: int) -> float:
-    envelopes, producer = await _raw_setup(bootstrap, n)
+async def raw_producer(bootstrap: str, topic: str, n: int, messages: list[Message] | None = None) -> float:
+    """msgs/s of ``send()`` per message for ``messages`` (default: :func:`notification_messages`)."""
+    messages = messages if messages is not None else notification_messages(n)
+    producer = await _raw_setup(bootstrap)
     try:
         started = time.perf_counter()
         futures = []
-        for key, value in envelopes:
-            headers = [("event_id", b"x"), ("event_type", EVENT.encode()), ("event_version", b"1"),
-                       ("service_name", b"notification")]
+        for key, value, headers in messages:
             futures.append(await producer.send(topic, value, key=key, headers=headers))
         await asyncio.gather(*futures)
-        return n / (time.perf_counter() - started)
+        return len(messages) / (time.perf_counter() - started)
     finally:
         await producer.stop()
 
 
-async def raw_producer_batches(bootstrap: str, topic: str, n: int) -> float:
+async def raw_producer_batches(bootstrap: str, topic: str, n: int, messages: list[Message] | None = None) -> float:
     """The same messages through aiokafka's batch API (one BatchBuilder per partition, as the relay sends)."""
     from outbox_relay.producer import partition_for
 
-    envelopes, producer = await _raw_setup(bootstrap, n)
+    messages = messages if messages is not None else notification_messages(n)
+    producer = await _raw_setup(bootstrap)
     try:
         partitions = sorted(await producer.partitions_for(topic))
         started = time.perf_counter()
         futures = []
-        for chunk in range(0, n, 500):  # the relay's batch size
+        for chunk in range(0, len(messages), 500):  # the relay's batch size
             builders: dict[int, object] = {}
-            for key, value in envelopes[chunk:chunk + 500]:
-                headers = [("event_id", b"x"), ("event_type", EVENT.encode()), ("event_version", b"1"),
-                           ("service_name", b"notification")]
+            for key, value, headers in messages[chunk:chunk + 500]:
                 p = partition_for(key, partitions)
                 builder = builders.get(p)
                 if builder is None or builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
@@ -106,7 +122,7 @@ async def raw_producer_batches(bootstrap: str, topic: str, n: int) -> float:
                 builder.close()
                 futures.append(await producer.send_batch(builder, topic, partition=p))
         await asyncio.gather(*futures)
-        return n / (time.perf_counter() - started)
+        return len(messages) / (time.perf_counter() - started)
     finally:
         await producer.stop()
 
@@ -117,36 +133,40 @@ def _shell(i: int) -> str:
     return shell_json(i)
 
 
-async def relay_drain(settings, n: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Rows/s and statements/row for the relay draining a pre-filled backlog of n rows."""
-    engine = await fresh_db(settings.database_url)
-    await bulk_fill(engine, TABLE, settings.services["notification"].topic, n)
+async def relay_drain(settings, n: int, fill: Fill | None = None, table: sa.Table = TABLE,
+                      service: str = "notification", fresh: Fresh | None = None
+                      ) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+    """Rows/s, statements/row and this process's (the relay's) CPU microseconds per row for the relay draining a pre-filled backlog of n rows of ``table`` (written by
+    ``fill``, default :func:`bench.common.bulk_fill`; ``fresh`` makes the empty database, default :func:`fresh_db`)."""
+    engine = await (fresh or fresh_db)(settings.database_url)
+    await (fill or bulk_fill)(engine, table, settings.services[service].topic, n)
     relay_engine = create_engine(settings, pool_size=4)
     counter = StatementCounter(relay_engine)
     relay = Relay(settings, relay_engine)
     await relay.publisher.ready()
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), sum(os.times()[:2])
     task = asyncio.create_task(relay.run())
     # Poll the relay's own counter (rows whose mark committed), not the database: a COUNT every few ms would
     # compete with the relay for the same database. The database count is checked once at the end.
     while sum(t.stats.published for t in relay.tables) < n:
         await asyncio.sleep(0.005)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, sum(os.times()[:2]) - cpu_before
     relay.stop.set()
     await task
-    assert await count_published(engine) == n
+    assert await count_published(engine, table) == n
     statements = counter.count
     await relay_engine.dispose()
     await engine.dispose()
-    return n / elapsed, statements / n
+    return n / elapsed, statements / n, 1e6 * cpu / n
 
 
-async def baseline(settings, n: int) -> float:  # type: ignore[no-untyped-def]
-    """Upstream dispatch loop (docs/upstream.md#relay-loop): scan 100 due rows, then per row: reload, parse, send and
-    wait, mark."""
-    engine = await fresh_db(settings.database_url)
-    topic = settings.services["notification"].topic
-    await bulk_fill(engine, TABLE, topic, n)
+async def baseline(settings, n: int, fill: Fill | None = None, table: sa.Table = TABLE,
+                   service: str = "notification", fresh: Fresh | None = None) -> float:  # type: ignore[no-untyped-def]
+    """Upstream dispatch loop (docs/upstream.md#relay-loop): scan 100 due rows, then per row: reload, parse, send and wait, mark."""
+    TABLE = table  # noqa: N806 - the loop below reads the table under test
+    engine = await (fresh or fresh_db)(settings.database_url)
+    topic = settings.services[service].topic
+    await (fill or bulk_fill)(engine, TABLE, topic, n)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     await producer.start()
     sessions = session_factory(engine)
@@ -160,7 +180,7 @@ async def baseline(settings, n: int) -> float:  # type: ignore[no-untyped-def]
             for row_id in ids:
                 async with sessions() as s, s.begin():
                     row = (await s.execute(sa.select(TABLE).where(TABLE.c.id == row_id))).mappings().one()
-                envelope = KafkaEnvelope.from_shell(row_id, OutboxEventShell.parse(row["payload"]), "notification")
+                envelope = KafkaEnvelope.from_shell(row_id, OutboxEventShell.parse(row["payload"]), service)
                 await asyncio.wait_for(producer.send_and_wait(topic, envelope.to_json_bytes(),
                                                               key=row["message_key"].encode()), 10)
                 async with sessions() as s, s.begin():
@@ -254,7 +274,7 @@ async def run_backend(kind: str, url: str, bootstrap: str, args: argparse.Namesp
     res["raw_msgs_s"] = await raw_producer(bootstrap, f"{topic}.raw", args.rows)
     await ensure_topics(settings, [f"{topic}.rawb"], 3, 10)
     res["raw_batch_msgs_s"] = await raw_producer_batches(bootstrap, f"{topic}.rawb", args.rows)
-    res["relay_rows_s"], res["relay_stmts_per_row"] = await relay_drain(settings, args.rows)
+    res["relay_rows_s"], res["relay_stmts_per_row"], _ = await relay_drain(settings, args.rows)
     res["baseline_rows_s"] = await baseline(settings, args.baseline_rows)
     lat_topic = f"{topic}.latency"
     await ensure_topics(settings, [lat_topic], 3, 10)

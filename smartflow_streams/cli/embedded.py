@@ -31,12 +31,15 @@ TANSU_FAUST_SETTINGS: dict[str, Any] = {
 }
 
 TANSU_FETCH_MAX_WAIT_MS = 10
+TANSU_FETCH_IDLE_MAX_WAIT_MS = 200
+"""An idle worker's fetch wait on Tansu: empty fetches double the 10 ms up to this (``worker.fetch_idle_max_wait_ms``)."""
 
 
 def tansu_env() -> dict[str, str]:
     """``SMARTFLOW_*`` variables for a worker on Tansu (Faust settings above plus the fetch wait)."""
     env = {f"SMARTFLOW_FAUST__{key.upper()}": str(value) for key, value in TANSU_FAUST_SETTINGS.items()}
     env["SMARTFLOW_WORKER__FETCH_MAX_WAIT_MS"] = str(TANSU_FETCH_MAX_WAIT_MS)
+    env["SMARTFLOW_WORKER__FETCH_IDLE_MAX_WAIT_MS"] = str(TANSU_FETCH_IDLE_MAX_WAIT_MS)
     return env
 
 

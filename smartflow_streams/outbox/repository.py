@@ -217,6 +217,14 @@ class OutboxRepository:
 
     # -- relay side ---------------------------------------------------------------------------------------------
 
+    def due_condition(self, now: datetime | sa.BindParameter[Any] | None = None) -> sa.ColumnElement[bool]:
+        """Rows the relay may claim at ``now`` (default the clock; a bind parameter for a prepared statement):
+        ``pending`` and ``next_retry_at <= now``."""
+        t = self.table
+        now = clock.db_now() if now is None else now
+        return sa.and_(t.c.status == OutboxStatus.PENDING.value, t.c.next_retry_at.is_not(None),
+                       t.c.next_retry_at <= now)
+
     async def claim_due(
         self, engine: AsyncEngine, *, limit: int, lease_seconds: float, exclusive: bool = False,
         exclude: Sequence[int] = (),
@@ -240,7 +248,7 @@ class OutboxRepository:
         """
         t = self.table
         now = clock.db_now()
-        due = sa.and_(t.c.status == OutboxStatus.PENDING.value, t.c.next_retry_at.is_not(None), t.c.next_retry_at <= now)
+        due = self.due_condition(now)
         cols = [t.c[name] for name in CLAIM_COLUMNS]
         if exclusive:
             where = [due] + ([_id_in(t, exclude, negate=True)] if exclude else [])

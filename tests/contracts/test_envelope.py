@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -301,3 +303,22 @@ def test_relay_bytes_equal_from_shell_bytes() -> None:
                  '{"event_id":" e1 ","event_type":"a.b","event_version":"1","aggregate_id":"k","payload":[1, 2]}'):
         shell = OutboxEventShell.parse(text)
         assert KafkaEnvelope.relay_bytes(7, shell, " svc ") == KafkaEnvelope.from_shell(7, shell, " svc ").to_json_bytes()
+
+
+@pytest.mark.parametrize("raw", [
+    '{"event_id":"e1","event_type":"t","event_version":"1","aggregate_id":"a","payload":{"trace_id":"x","n":1.50}}',
+    '{"event_type":"t","payload":{"trace_id":"x"},"event_id":"e"}',  # payload not last: general path
+    '{"event_type":"t","payload":{"a":1},"payload":{"trace_id":"second"}}',  # duplicate key: last wins
+    '{ "event_type" : "t" , "payload" : { "trace_id" : "t\\u003c1\\u003e" , "payload" : { "trace_id" : "inner" } } }',
+    '{"event_type":"t","payload":[1,{"trace_id":"in a list"}]}',
+    '{"event_type":"t","payload":"just a string"}',
+    '{"event_type":"t","payload":{"trace_id":7}}',
+])
+def test_shell_and_payload_equals_fields_then_json_loads(raw: str) -> None:
+    """The relay's one-decode path gives the same fields and the same payload value as decoding the payload text
+    again (what it did before)."""
+    from smartflow_streams.contracts.envelope import parse_shell_and_payload, parse_shell_fields
+
+    fields, payload = parse_shell_and_payload(raw)
+    assert fields == parse_shell_fields(raw)
+    assert payload == json.loads(fields.payload)

@@ -66,3 +66,39 @@ def test_worker_with_taken_web_port_names_it_and_its_setting(tmp_path: pathlib.P
     assert out.splitlines() == [
         f"smartflow worker: worker web server: port 127.0.0.1:{port} is not free (OSError: [Errno 98] Address "
         "already in use); stop what listens there or set SMARTFLOW_WORKER__WEB_PORT to a free port"], out
+
+
+async def test_idle_fetch_wait_grows_to_its_ceiling_and_records_still_arrive(kafka_bootstrap: str) -> None:
+    """Real Tansu: empty fetches double the worker consumer's fetch wait up to worker.fetch_idle_max_wait_ms."""
+    import asyncio
+    import uuid
+
+    from aiokafka import AIOKafkaProducer, TopicPartition
+
+    from outbox_relay.producer import ensure_topics
+
+    settings = config.load_settings(worker={"fetch_max_wait_ms": 10, "fetch_idle_max_wait_ms": 160},
+                                    kafka_bootstrap=kafka_bootstrap)
+    topic = f"t.{uuid.uuid4().hex[:8]}.fetch-wait"
+    await ensure_topics(settings, [topic], 1, 10)
+    app = build_app(settings, id=f"fetch-idle-{uuid.uuid4().hex[:6]}")
+    consumer = app.consumer._thread._create_worker_consumer(app.transport)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        await consumer.seek_to_beginning(TopicPartition(topic, 0))
+        for _ in range(100):
+            if consumer._fetcher._fetch_max_wait_ms == 160:
+                break
+            await asyncio.sleep(0.05)
+        assert consumer._fetcher._fetch_max_wait_ms == 160
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, b"x")
+        finally:
+            await producer.stop()
+        record = await asyncio.wait_for(consumer.getone(), 10)
+        assert record.value == b"x"
+    finally:
+        await consumer.stop()
