@@ -101,16 +101,16 @@ class FirstPostWebhook(Webhook):
     """The instant webhook, remembering each user's first POST time and the number of POSTs per user."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(count_only=True)
         self.first: dict[int, float] = {}
         self.per_user: dict[int, int] = {}
 
-    async def handle(self, request):  # type: ignore[no-untyped-def]
+    async def _handle(self, request):  # type: ignore[no-untyped-def]
         t = time.time()
         user = int(request.match_info["token"].rsplit("-", 1)[1])
         self.first.setdefault(user, t)
         self.per_user[user] = self.per_user.get(user, 0) + 1
-        return await super().handle(request)
+        return await super()._handle(request)
 
 
 def chain_components(relay: subprocess.Popen[bytes], worker: subprocess.Popen[bytes], db_url: str,
@@ -143,8 +143,7 @@ def cpu_of(components: dict[str, list[int]]) -> dict[str, float]:
 
 
 async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
-    hook = FirstPostWebhook()
-    runner = await hook.start()
+    hook = await FirstPostWebhook().__aenter__()
     rates = [float(r) for r in args.rates.split(",") if r]
     totals = [int(r * args.seconds) for r in rates]
     url = await new_mysql_database(server_url, "chain")
@@ -210,7 +209,7 @@ async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> di
         terminate(worker)
         terminate(relay)
         await engine.dispose()
-        await runner.cleanup()
+        await hook.__aexit__(None, None, None)
     return out
 
 
