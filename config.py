@@ -61,6 +61,10 @@ class RelaySettings(BaseModel):
         10.0, ge=0, description="wait after a partial batch before the next read: rows committed meanwhile go out "
         "together (fewer, bigger batches under light load) at the cost of up to this much latency per row")
     publish_timeout_seconds: float = Field(10.0, gt=0, description="per-batch Kafka delivery timeout")
+    shutdown_grace_seconds: float = Field(
+        12.0, gt=0, description="after SIGTERM/SIGINT, whatever still runs after this long is cancelled and logged "
+        "with where it waited (its rows stay claimed and go out again after the claim lease); keep it above "
+        "publish_timeout_seconds and below the orchestrator's kill timeout")
     topic_check_timeout_seconds: float = Field(10.0, gt=0)
     topic_partitions: int = Field(3, ge=1)
     topic_replication_factor: int = Field(1, ge=1)

@@ -4,6 +4,10 @@ Exit codes: 0 after SIGTERM/SIGINT (claiming stops at once, the in-flight batch 
 ``publish_timeout_seconds``; Ctrl-C prints no traceback, also during start-up), 2 on invalid configuration, a
 database whose schema is missing our columns, or a metrics port that cannot be bound.
 
+Shutdown is bounded: whatever still runs ``relay.shutdown_grace_seconds`` (12 s) after the signal is cancelled,
+with one warning line naming where each remaining task waited. Nothing is lost by that: a batch cancelled before
+its mark stays claimed and is published again after the claim lease (consumers drop the copy by outbox id).
+
 Start-up waits for the database as long as it takes (retry 1 s doubling to 30 s, one log line per state change
 and a reminder every ``relay.outage_reminder_seconds``), so the relay may be started before the database.
 """
@@ -88,16 +92,45 @@ async def run(settings: Settings, *, create_schema: bool) -> int:
         log.error("%s", exc)
         await engine.dispose()
         return 2
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    watchdog = asyncio.create_task(_shutdown_watchdog(relay.stop, settings.relay.shutdown_grace_seconds, main_task))
     try:
         await relay.run()
-    finally:
         if retention is not None:
             await retention
+    except asyncio.CancelledError:
+        if not watchdog.done():
+            raise  # cancelled from outside, not by the watchdog
+    finally:
+        watchdog.cancel()  # the relay has returned: the rest is local clean-up
+        if retention is not None and not retention.done():
+            retention.cancel()
+            await asyncio.gather(retention, return_exceptions=True)
         if runner is not None:
             await runner.cleanup()
         tracing.shutdown()
         await engine.dispose()
     return 0
+
+
+async def _shutdown_watchdog(stop: asyncio.Event, grace: float, main_task: asyncio.Task[int]) -> None:
+    """After the stop signal, give the relay ``grace`` seconds; then log where each task waits and cancel."""
+    await stop.wait()
+    await asyncio.sleep(grace)
+    waiting = [_where(t) for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    log.warning("relay still stopping %g s after the signal; cancelling %d task(s) waiting in: %s", grace,
+                len(waiting), "; ".join(sorted(set(waiting))) or "nothing")
+    main_task.cancel()
+
+
+def _where(task: asyncio.Task[object]) -> str:
+    """The innermost frame a task is suspended in, as ``file:line function``."""
+    stack = task.get_stack()
+    if not stack:
+        return task.get_name()
+    frame = stack[-1]
+    return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno} {frame.f_code.co_name}"
 
 
 class SchemaMissing(RuntimeError):

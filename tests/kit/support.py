@@ -218,13 +218,14 @@ async def write_upstream_trigger(conn: Any, topic: str, user_id: int, target_id:
     return str(trigger["id"])
 
 
-class TlsProxy:
-    """Test-only TLS terminator on 127.0.0.1: accepts TLS (client certificate required when ``client_ca`` is given)
-    and pipes the plaintext bytes to ``target_port`` (a Tansu broker that advertises this proxy's port, so every
-    client connection, metadata and fetches alike, goes through TLS). ``handshakes`` counts completed TLS
-    sessions, so a test can show its traffic really was encrypted."""
+class TcpProxy:
+    """Test-only TCP relay on 127.0.0.1 to ``target_port``, optionally terminating TLS (``server_context``; client
+    certificate required when the context asks for one). ``handshakes`` counts accepted sessions (with TLS: completed
+    handshakes, so a test can show its traffic really was encrypted). ``freeze()`` stops forwarding in both
+    directions while keeping every connection open (a stalled network path: no RST, no answer), ``thaw()`` resumes;
+    bytes read meanwhile are held, not dropped."""
 
-    def __init__(self, target_port: int, server_context: Any) -> None:
+    def __init__(self, target_port: int, server_context: Any = None) -> None:
         from smartflow_streams.cli.embedded import free_port
 
         self.target_port, self.context = target_port, server_context
@@ -232,8 +233,16 @@ class TlsProxy:
         self.handshakes = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
-    async def __aenter__(self) -> TlsProxy:
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    async def __aenter__(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, ssl=self.context)
         return self
 
@@ -255,6 +264,7 @@ class TlsProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
+                    await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.CancelledError):
@@ -268,3 +278,11 @@ class TlsProxy:
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             self._tasks.difference_update(tasks)
+
+
+class TlsProxy(TcpProxy):
+    """A :class:`TcpProxy` that terminates TLS: the Kafka security tests put it in front of a Tansu broker that
+    advertises this proxy's port, so every client connection, metadata and fetches alike, goes through TLS."""
+
+    def __init__(self, target_port: int, server_context: Any) -> None:
+        super().__init__(target_port, server_context)

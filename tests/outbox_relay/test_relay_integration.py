@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import time
 import uuid
 from collections import defaultdict
+from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +16,7 @@ import sqlalchemy as sa
 import config
 from smartflow_streams.cli.embedded import free_port, start_tansu, stop_process
 from smartflow_streams.outbox.repository import OutboxRepository
-from tests.kit.support import TopicReader, base_env, kill9, spawn_relay, terminate, wait_for
+from tests.kit.support import TcpProxy, TopicReader, base_env, kill9, spawn_relay, terminate, wait_for
 
 pytestmark = pytest.mark.slow
 EVENT = "notification.feishu.requested"
@@ -204,3 +207,38 @@ async def test_broker_stop_and_restart_under_load(db, tmp_path) -> None:
         stop_process(broker)
         broker_log.close()
     assert code == 0
+
+
+@pytest.mark.parametrize("db_kind", ["mariadb"])
+async def test_relay_with_a_frozen_database_stops_within_its_grace_and_says_where_it_waited(
+        db, kafka_bootstrap, tmp_path) -> None:
+    """A database path that stalls without an error (no RST, no answer) holds the relay's next statement forever;
+    SIGTERM must still end the process within ``relay.shutdown_grace_seconds``, exit 0, log where it waited, and
+    lose nothing (the row written during the stall stays pending for the next relay)."""
+    topic, repo = use_topic(db)
+    parts = urlsplit(db.url)
+    async with TcpProxy(parts.port) as proxy:
+        url = db.url.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{proxy.port}")
+        env = relay_env(db, kafka_bootstrap, topic, SMARTFLOW_DATABASE_URL=url,
+                        SMARTFLOW_RELAY__SHUTDOWN_GRACE_SECONDS="1.5")
+        log_path = tmp_path / "relay.log"
+        proc = spawn_relay(env, log_path)
+        try:
+            await insert(db, repo, 3)
+            await wait_for(lambda: _all(db, repo, "published", 3), 30, what="first rows published")
+            proxy.freeze()
+            await insert(db, repo, 1, start=3)  # written past the proxy: the relay's probe now waits forever
+            await asyncio.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            code = await asyncio.to_thread(proc.wait, 15)
+            took = time.monotonic() - started
+        finally:
+            proxy.thaw()
+            terminate(proc)
+    out = log_path.read_text()
+    assert code == 0, out
+    assert took < 1.5 + 5, (took, out)  # grace + clean-up (dropping the frozen connections)
+    warning = [line for line in out.splitlines() if "still stopping" in line]
+    assert len(warning) == 1 and ".py:" in warning[0], out
+    assert (await status_counts(db, repo)) == {"published": 3, "pending": 1}
