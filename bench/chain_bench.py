@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -122,14 +123,24 @@ def chain_components(relay: subprocess.Popen[bytes], worker: subprocess.Popen[by
             "broker": pids_named("tansu", int(bootstrap.rsplit(":", 1)[1]))}
 
 
+def py_spy() -> str:
+    """The py-spy binary: the venv's, else one on PATH (not a project dependency: ``.venv/bin/pip install
+    py-spy==0.4.3`` to use ``--profile``)."""
+    venv = Path(sys.executable).parent / "py-spy"
+    found = str(venv) if venv.exists() else shutil.which("py-spy")
+    if not found:
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy==0.4.3 (or put py-spy on PATH)")
+    return found
+
+
 def start_profiles(args: argparse.Namespace, components: dict[str, list[int]], phase: str,
                    seconds: float) -> list[subprocess.Popen[bytes]]:
     """``--profile DIR``: py-spy (collapsed stacks, 100 Hz) of the relay and the worker for one phase."""
     if not args.profile:
         return []
     Path(args.profile).mkdir(parents=True, exist_ok=True)
-    spy = Path(sys.executable).parent / "py-spy"
-    return [subprocess.Popen([str(spy), "record", "--pid", str(components[name][0]), "--duration", str(int(seconds)),
+    spy = py_spy()
+    return [subprocess.Popen([spy, "record", "--pid", str(components[name][0]), "--duration", str(int(seconds)),
                               "--rate", "100", "--format", "raw", "--nonblocking",
                               "-o", str(Path(args.profile) / f"{phase}-{name}.txt")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -387,6 +398,8 @@ async def main() -> None:
     parser.add_argument("--skip-relay", action="store_true")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for relay and worker (repeatable)")
     args = parser.parse_args()
+    if args.profile:
+        py_spy()  # fail before minutes of setup, not at the first phase
     (ROOT / "var").mkdir(exist_ok=True)
     chain_res = relay_res = None
     with tansu() as bootstrap, mariadb() as url:
