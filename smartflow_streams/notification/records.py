@@ -27,7 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import NotificationSettings
 from smartflow_streams.core import clock
-from smartflow_streams.db.models import json_bind, json_text, notification_records as records
+from smartflow_streams.db.bulk import update_by_id
+from smartflow_streams.db.models import json_text, notification_records as records
 from smartflow_streams.db.models import user_notification_channels as channels
 from smartflow_streams.notification.feishu import (
     CONFIG_CHANNEL, DEFAULT_MESSAGE_TEXT, RECORD_CHANNEL, ChannelConfig, Outcome, SendRequest, SendResult,
@@ -254,8 +255,8 @@ async def apply_outcomes(
     session: AsyncSession, outcomes: list[tuple[Record, SendResult]], token: str, settings: NotificationSettings
 ) -> dict[int, str | None]:
     """Write provider outcomes for records claimed with one ``token``; returns ``{id: new status}``, ``None`` for a
-    record the token no longer holds. One executemany UPDATE per outcome shape
-    (usually one: all ``sent``), each row guarded by ``status = 'sending' AND send_token = token``. When fewer rows
+    record the token no longer holds. One UPDATE per outcome shape (usually one: all ``sent``; per-row values as
+    CASE, :mod:`smartflow_streams.db.bulk`), each row guarded by ``status = 'sending' AND send_token = token``. When fewer rows
     changed than were sent (a lease expired and another sender re-claimed), the statuses are read back."""
     now = clock.db_now()
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
@@ -263,14 +264,13 @@ async def apply_outcomes(
     for rec, result in outcomes:
         values = _outcome_values(rec, result, settings, now)
         intended[rec.id] = values["status"]
-        groups.setdefault(tuple(sorted(values)), []).append({"b_id": rec.id, **{f"b_{k}": v for k, v in values.items()}})
+        groups.setdefault(tuple(sorted(values)), []).append({"id": rec.id, **values})
     changed = 0
-    for columns, params in groups.items():
-        stmt = sa.update(records).where(records.c.id == sa.bindparam("b_id"), records.c.status == "sending",
-                                        records.c.send_token == sa.bindparam("b_token"))
-        stmt = stmt.values({c: json_bind(f"b_{c}") if c in _JSON_COLUMNS else sa.bindparam(f"b_{c}") for c in columns})
-        result = await session.execute(stmt, [{**p, "b_token": token} for p in params])
-        changed += int(result.rowcount or 0)
+    guards = (records.c.status == "sending", records.c.send_token == token)
+    text = {c: sa.Text() for c in _JSON_COLUMNS}
+    for params in groups.values():
+        for stmt in update_by_id(records, params, where=guards, bind_types=text):
+            changed += int((await session.execute(stmt)).rowcount or 0)
     if changed == len(intended):
         return dict(intended)
     ids = list(intended)

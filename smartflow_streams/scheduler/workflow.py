@@ -58,6 +58,7 @@ from smartflow_streams.contracts.events import (
     ActiveScheduleTriggeredPayload,
     FeishuNotificationRequestedPayload,
 )
+from smartflow_streams.db.bulk import update_by_id
 from smartflow_streams.db.models import active_schedule_previews as previews_t
 from smartflow_streams.db.models import active_schedule_triggers as triggers_t
 from smartflow_streams.db.models import json_bind, json_text
@@ -251,10 +252,11 @@ async def run_trigger_workflow_many(
     docstring); results in input
     order. Raises ContractError if any trigger is missing; any other exception means the caller must roll back.
 
-    Cost: 5 statements whatever the number of events (lock the triggers, read existing previews, insert the
-    previews, insert the notification outbox rows, update the triggers: one executemany per outcome), plus one per
-    ``rejected`` trigger. Events are applied in input order against the locked rows held in memory, so a second
-    event for a trigger already finished earlier in the list is an idempotent success, as it would be one by one.
+    Cost: 5-6 statements whatever the number of events (lock the triggers, read existing previews, insert the
+    previews, insert the notification outbox rows, update the triggers: one UPDATE per final status with per-row
+    CASE values, :mod:`smartflow_streams.db.bulk`), plus one per ``rejected`` trigger. Events are applied in input
+    order against the locked rows held in memory, so a second event for a trigger already finished earlier in the
+    list is an idempotent success, as it would be one by one.
     """
     trigger_ids = list(dict.fromkeys(p.aggregate_id() for p in payloads))
     rows = await _lock_triggers(session, trigger_ids)
@@ -299,31 +301,21 @@ async def run_trigger_workflow_many(
                     notified = True
         row["status"] = TriggerStatus.CLOSED.value if preview_id is None else TriggerStatus.PREVIEW_GENERATED.value
         row["preview_id"] = preview_id
-        finished[trigger_id] = dict(b_id=trigger_id, b_status=row["status"], b_preview_id=preview_id)
+        finished[trigger_id] = dict(status=row["status"], preview_id=preview_id)
         results.append(WorkflowResult(trigger_id, row["status"], preview_id, notified, False))
     if previews:
         await session.execute(_INSERT_PREVIEW, previews)
     await notification_repo.enqueue_rows(session, notifications)
     for status in (TriggerStatus.CLOSED.value, TriggerStatus.PREVIEW_GENERATED.value):
-        group = [v for v in finished.values() if v["b_status"] == status]
-        if group:
-            await session.execute(_FINISH[status], [{**v, "b_now": now} for v in group])
+        # steps 4 and 6/7, one UPDATE per final status: processed_at, errors cleared, status (and preview),
+        # completed_at; a closed trigger's preview_id is left as it is
+        rows = [dict(id=trigger_id, status=status, processed_at=now, last_error_code=None, last_error=None,
+                     completed_at=now, updated_at=now,
+                     **({"preview_id": v["preview_id"]} if status == TriggerStatus.PREVIEW_GENERATED.value else {}))
+                for trigger_id, v in finished.items() if v["status"] == status]
+        for stmt in update_by_id(triggers_t, rows):
+            await session.execute(stmt)
     return results
-
-
-def _finish_statement(with_preview: bool) -> Any:
-    """Steps 4 and 6/7 in one UPDATE: ``processed_at``, errors cleared, final status (and preview), ``completed_at``."""
-    t = triggers_t
-    values: dict[str, Any] = dict(status=sa.bindparam("b_status"), processed_at=sa.bindparam("b_now"),
-                                  last_error_code=None, last_error=None, completed_at=sa.bindparam("b_now"),
-                                  updated_at=sa.bindparam("b_now"))
-    if with_preview:
-        values["preview_id"] = sa.bindparam("b_preview_id")
-    return sa.update(t).where(t.c.id == sa.bindparam("b_id")).values(**values)
-
-
-_FINISH = {TriggerStatus.CLOSED.value: _finish_statement(False),
-           TriggerStatus.PREVIEW_GENERATED.value: _finish_statement(True)}
 
 
 async def mark_trigger_failed(sessions: Callable[[], AsyncSession], trigger_id: str, code: str, error: str) -> None:

@@ -1,0 +1,68 @@
+"""Many rows, different values, one UPDATE: ``SET c = CASE id WHEN :i1 THEN :v1 ... END ... WHERE id IN (...)``.
+
+Why: an executemany UPDATE is one statement and one round trip *per row* on MySQL/MariaDB (PyMySQL/aiomysql only
+fold INSERT ... VALUES into one statement), and each costs ~0.1-0.2 ms of driver and SQLAlchemy CPU in the worker
+plus a parse in the database. The notification agent's outcome write and the trigger workflow's final UPDATE were
+one such statement per event (``bench/chain_bench.py --profile``: ~10 % of the worker's CPU at 200 triggers/s).
+
+Invariants and limits:
+- Same result as the executemany it replaces: each row ``id`` gets exactly its own values, under the same extra
+  ``where`` guards (they must not depend on the row); ``rowcount`` is the number of rows matched (the MySQL dialect
+  sets ``CLIENT_FOUND_ROWS``), as the sum of the executemany's per-row counts was. Rows are given once per id.
+- A column whose value is equal for every row is one bound parameter, not a CASE.
+- At most :data:`ROWS_PER_STATEMENT` (500) rows per statement, so a statement stays well under SQLite's 32,766
+  bound parameters and MySQL's ``max_allowed_packet``; larger inputs are split (one statement per 500 rows).
+- Values bind with the column's own type unless ``bind_types`` says otherwise (e.g. ``Text`` for JSON text that
+  is already encoded: the MySQL JSON type would encode it again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+ROWS_PER_STATEMENT = 500
+
+
+def update_by_id(table: sa.Table, rows: Sequence[Mapping[str, Any]], *, key: str = "id",
+                 where: Sequence[sa.ColumnElement[bool]] = (),
+                 bind_types: Mapping[str, sa.types.TypeEngine[Any]] | None = None) -> list[sa.Update]:
+    """The UPDATE statements (one per :data:`ROWS_PER_STATEMENT` rows) giving each row ``row[key]`` the other
+    values of its mapping; every mapping names the same columns. Run them in order in one transaction."""
+    if not rows:
+        return []
+    columns = [c for c in rows[0] if c != key]
+    for row in rows:
+        if set(row) != {key, *columns}:
+            raise ValueError(f"every row must name the same columns: {sorted(row)} vs {sorted([key, *columns])}")
+    types = dict(bind_types or {})
+    statements = []
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start:start + ROWS_PER_STATEMENT]
+        ids = [row[key] for row in chunk]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{key} values must be unique within one update")
+        id_column = table.c[key]
+        values: dict[str, Any] = {}
+        for name in columns:
+            type_ = types.get(name, table.c[name].type)
+            distinct = {_hashable(row[name]) for row in chunk}
+            if len(distinct) == 1:
+                values[name] = sa.bindparam(None, chunk[0][name], type_=type_)
+            else:
+                values[name] = sa.case(
+                    *((id_column == sa.bindparam(None, row[key], type_=id_column.type),
+                       sa.bindparam(None, row[name], type_=type_)) for row in chunk),
+                    else_=table.c[name])
+        statements.append(sa.update(table).where(id_column.in_(ids), *where).values(values))
+    return statements
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+        return (type(value), value)
+    except TypeError:
+        return (type(value), repr(value))
