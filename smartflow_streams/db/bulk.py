@@ -1,9 +1,10 @@
 """Many rows, different values, one UPDATE: ``SET c = CASE id WHEN :i1 THEN :v1 ... END ... WHERE id IN (...)``.
 
 Why: an executemany UPDATE is one statement and one round trip *per row* on MySQL/MariaDB (PyMySQL/aiomysql only
-fold INSERT ... VALUES into one statement), and each costs ~0.1-0.2 ms of driver and SQLAlchemy CPU in the worker
-plus a parse in the database. The notification agent's outcome write and the trigger workflow's final UPDATE were
-one such statement per event (``bench/chain_bench.py --profile``: ~10 % of the worker's CPU at 200 triggers/s).
+fold INSERT ... VALUES into one statement), each with its own driver work and a parse in the database. The
+notification agent's outcome write and the trigger workflow's final UPDATE were one such statement per event
+(``bench/chain_bench.py --profile`` at 200 triggers/s: ~5 % of the worker's CPU). Alternating A/B runs showed no
+throughput change beyond run-to-run spread (docs/benchmarks.md, Whole chain): kept for the round trips it removes.
 
 Invariants and limits:
 - Same result as the executemany it replaces: each row ``id`` gets exactly its own values, under the same extra
