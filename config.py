@@ -245,6 +245,9 @@ class Settings(BaseSettings):
     )
 
     database_url: str = "sqlite+aiosqlite:///./var/smartflow.db"
+    database_ping_after_idle_seconds: float = Field(
+        1.0, ge=0, description="MySQL: ping a pooled connection at checkout only if idle longer than this "
+                               "(0: every checkout, like pool_pre_ping)")
     kafka_bootstrap: str = "127.0.0.1:19092"
     kafka: KafkaSecuritySettings = Field(default_factory=KafkaSecuritySettings)
     time_zone: str = "Asia/Shanghai"
