@@ -48,6 +48,8 @@ from smartflow_streams.core.errors import RouteError
 
 Executor = Union[AsyncSession, AsyncConnection]
 BusinessFn = Callable[[AsyncSession], Awaitable[Any]]
+RowReader = Callable[[sa.Select[Any]], Awaitable[list[Any]]]
+"""Runs one SELECT and returns its rows (``claim_due``'s ``read``)."""
 
 DEFAULT_MAX_RETRY = 20
 BACKOFF_CAP = 10
@@ -227,7 +229,7 @@ class OutboxRepository:
 
     async def claim_due(
         self, engine: AsyncEngine, *, limit: int, lease_seconds: float, exclusive: bool = False,
-        exclude: Sequence[int] = (),
+        exclude: Sequence[int] = (), read: RowReader | None = None,
     ) -> Claim:
         """Claim up to ``limit`` due rows; rows come back in id order. A row is due when ``status='pending' AND
         next_retry_at <= now`` (a row lease that has run out is due again).
@@ -245,6 +247,8 @@ class OutboxRepository:
           processes that both believe they hold the lease (one paused between its lease check and its publish for
           longer than the table lease) may read the same rows: that costs duplicates, at most one batch per such
           pause, which consumers drop by outbox id; the first copy of every row still goes out in id order.
+          ``read``: runs that one statement (the relay passes its held autocommit reader, :mod:`outbox_relay.reader`:
+          the same single-statement snapshot without a pool checkout and ROLLBACK); default a pooled connection.
         """
         t = self.table
         now = clock.db_now()
@@ -252,10 +256,12 @@ class OutboxRepository:
         cols = [t.c[name] for name in CLAIM_COLUMNS]
         if exclusive:
             where = [due] + ([_id_in(t, exclude, negate=True)] if exclude else [])
-            async with engine.connect() as conn:
-                result = await conn.execute(
-                    sa.select(*cols).where(*where).order_by(t.c.next_retry_at, t.c.id).limit(limit))
-                rows = [OutboxRow.from_claim(r) for r in result.all()]
+            stmt = sa.select(*cols).where(*where).order_by(t.c.next_retry_at, t.c.id).limit(limit)
+            if read is not None:
+                rows = [OutboxRow.from_claim(r) for r in await read(stmt)]
+            else:
+                async with engine.connect() as conn:
+                    rows = [OutboxRow.from_claim(r) for r in (await conn.execute(stmt)).all()]
             rows.sort(key=lambda r: r.id)
             return Claim(token=None, rows=rows, lease_until=None)
         token = uuid.uuid4().hex
@@ -469,11 +475,13 @@ class OutboxRepository:
 
 
 def _id_in(table: sa.Table, ids: Sequence[int], *, negate: bool = False) -> sa.ColumnElement[bool]:
-    """``id IN (1,2,...)`` (``negate``: ``NOT IN``) with the integers inlined: 500 bound parameters cost ~12 ms per
-    statement through SQLAlchemy + PyMySQL, the inlined list ~1 ms. Safe: every id passes through ``int()``, and the
-    column (table name included) is rendered by SQLAlchemy with the dialect's identifier quoting, never pasted."""
-    inlined = sa.literal_column(f"({','.join(str(int(i)) for i in ids)})")
-    return table.c.id.op("NOT IN" if negate else "IN")(inlined)
+    """``id IN (1,2,...)`` (``negate``: ``NOT IN``) with the integers rendered into the SQL at execution time: 500
+    bound parameters cost ~12 ms per statement through SQLAlchemy + PyMySQL, the rendered list ~1 ms. The statement
+    is compiled once per shape and cached (a literal list pasted into the SQL text made every id list a new
+    statement: the compile was ~15 % of the relay's CPU at 200 triggers/s). Safe: every id passes through ``int()``
+    and SQLAlchemy's integer literal rendering; the column is quoted by the dialect, never pasted."""
+    values = sa.bindparam(None, [int(i) for i in ids], type_=sa.BigInteger(), expanding=True, literal_execute=True)
+    return table.c.id.not_in(values) if negate else table.c.id.in_(values)
 
 
 def _dialect(db: Executor) -> str:
