@@ -56,6 +56,7 @@ from config import Settings
 from outbox_relay.lease import TableLease
 from smartflow_streams.core.logs import log_fields
 from outbox_relay.producer import KafkaPublisher, OutgoingMessage, ensure_topics
+from outbox_relay.reader import HeldReader
 from outbox_relay.wakeup import DueWatcher
 from smartflow_streams.core import clock, metrics, tracing
 from smartflow_streams.catalog import RouteRegistry, ServiceRoute, registry as default_registry
@@ -93,7 +94,7 @@ class TableRelay:
     def __init__(
         self, route: ServiceRoute, engine: AsyncEngine, publisher: KafkaPublisher, settings: Settings,
         owner: str, stop: asyncio.Event, registry: RouteRegistry | None = None, watcher: DueWatcher | None = None,
-        db_outage: OutageLog | None = None,
+        db_outage: OutageLog | None = None, reader: HeldReader | None = None,
     ) -> None:
         self.route, self.engine, self.publisher, self.settings = route, engine, publisher, settings
         self.stop = stop
@@ -106,6 +107,7 @@ class TableRelay:
         self._in_flight: asyncio.Task[None] | None = None
         self._in_flight_ids: list[int] = []  # rows of the batch in flight: still pending, not to be read again
         self.watcher = watcher  # idle: park there (one probe for all idle tables) instead of polling this table
+        self.reader = reader  # the process's held autocommit connection for the claim read (exclusive mode)
         self._nothing_due = False  # the last step read the table and found no due row
         reminder = settings.relay.outage_reminder_seconds
         self.db_outage = db_outage or OutageLog(log, "database", database_where(settings.database_url), reminder)
@@ -179,7 +181,8 @@ class TableRelay:
         started = time.perf_counter()
         in_flight = self._in_flight_ids if self._in_flight is not None else []
         claim = await self.repo.claim_due(self.engine, limit=relay.batch_size, lease_seconds=relay.lease_seconds,
-                                          exclusive=relay.exclusive, exclude=in_flight)
+                                          exclusive=relay.exclusive, exclude=in_flight,
+                                          read=self.reader.rows if self.reader is not None else None)
         if not claim.rows:
             await self.drain()
             self._nothing_due = True
@@ -374,11 +377,13 @@ class Relay:
         self.publisher.outage = OutageLog(log, "kafka broker", settings.kafka_bootstrap, reminder)
         self.topics_outage = OutageLog(log, "kafka broker (topic check)", settings.kafka_bootstrap, reminder)
         self.db_outage = OutageLog(log, "database", database_where(settings.database_url), reminder)
+        self.reader = HeldReader(engine)
         self.watcher = DueWatcher(engine, IDLE_PROBE_MIN_MS, settings.relay.idle_poll_max_ms,
-                                  settings.relay.idle_deep_poll_ms, settings.relay.idle_deep_after_seconds)
+                                  settings.relay.idle_deep_poll_ms, settings.relay.idle_deep_after_seconds,
+                                  reader=self.reader)
         self.tables = [
             TableRelay(route, engine, self.publisher, settings, self.owner, self.stop, self.registry,
-                       watcher=self.watcher, db_outage=self.db_outage)
+                       watcher=self.watcher, db_outage=self.db_outage, reader=self.reader)
             for route in routes_for(settings, self.registry)
         ]
         self.topics_ready = False

@@ -20,10 +20,10 @@ Invariants and limits:
   table parking after a read brings the next probe forward to 5 ms after it, never later than planned.
 - A parked table also wakes after ``timeout`` (the caller passes its lease-renewal interval, ~3.3 s by default) so
   the table lease is renewed while idle and a standby relay does not take over an idle table.
-- MySQL/MariaDB: the probe connection is held and runs in autocommit (no transaction stays open, no pool
-  checkout, pre-ping or rollback round trip: one round trip per probe); it is dropped on any error and opened
-  again on the next probe. SQLite: a pooled connection per probe (the engine opens every SQLite transaction with a
-  write lock, which must not be held).
+- MySQL/MariaDB: the probe runs on the relay's held autocommit connection (:mod:`outbox_relay.reader`, shared
+  with the tables' claim reads: no transaction stays open, no pool checkout or rollback round trip: one round
+  trip per probe); it is dropped on any error and opened again on the next read. SQLite: a pooled connection per
+  probe (the engine opens every SQLite transaction with a write lock, which must not be held).
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox_relay.reader import HeldReader
 from smartflow_streams.core import clock
 
 log = logging.getLogger("outbox_relay")
@@ -51,8 +52,10 @@ class DueWatcher:
     """Wakes parked tables when their table has due rows; one probe statement for all of them."""
 
     def __init__(self, engine: AsyncEngine, min_interval_ms: float, max_interval_ms: float,
-                 deep_interval_ms: float | None = None, deep_after_seconds: float = 2.0) -> None:
+                 deep_interval_ms: float | None = None, deep_after_seconds: float = 2.0,
+                 reader: HeldReader | None = None) -> None:
         self.engine = engine
+        self.reader = reader or HeldReader(engine)  # the relay shares its one with the tables' claim reads
         self.min_interval = max(0.0, min_interval_ms) / 1000
         self.max_interval = max(self.min_interval, max_interval_ms / 1000)
         self.deep_interval = max(self.max_interval, (deep_interval_ms or max_interval_ms) / 1000)
@@ -62,7 +65,6 @@ class DueWatcher:
         self._arrived = asyncio.Event()
         self._fresh = False  # a table parked right after a read that found nothing: probe within min_interval
         self._task: asyncio.Task[None] | None = None
-        self._conn: AsyncConnection | None = None
         self._statements: dict[tuple[str, ...], sa.Select[Any]] = {}  # per set of parked tables (<= 2**tables)
         self.probes = 0  # statements sent (benchmarks and tests read it)
 
@@ -97,7 +99,7 @@ class DueWatcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        await self._drop_connection()
+        await self.reader.drop()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -129,7 +131,7 @@ class DueWatcher:
                                                PROBE_TIMEOUT_SECONDS)
             except Exception as exc:  # noqa: BLE001 - the tables' own reads report and back off
                 log.debug("relay idle probe failed: %s: %s", type(exc).__name__, exc)
-                await self._drop_connection()
+                await self.reader.drop()  # (a timed-out probe was cancelled mid-read: already dropped)
                 flags = [True] * len(parked)
             woke = False
             for (name, (_, _, event)), due_now in zip(parked, flags):
@@ -150,28 +152,5 @@ class DueWatcher:
             now = sa.bindparam("now", type_=sa.DateTime())
             stmt = self._statements[key] = sa.select(*(
                 sa.exists(sa.select(t.c.id).where(due(now))).label(f"d{i}") for i, (t, due) in enumerate(tables)))
-        params = {"now": clock.db_now()}
         self.probes += 1
-        if self.engine.dialect.name == "sqlite":
-            # no held connection: the engine opens every SQLite transaction with BEGIN IMMEDIATE (a write lock)
-            async with self.engine.connect() as conn:
-                return [bool(v) for v in (await conn.execute(stmt, params)).one()]
-        if self._conn is None:
-            conn = await self.engine.connect()
-            try:
-                self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            except Exception:
-                await conn.close()
-                raise
-        return [bool(v) for v in (await self._conn.execute(stmt, params)).one()]
-
-    async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                await asyncio.wait_for(conn.close(), 5)
-            except Exception:  # noqa: BLE001 - a hung or broken connection is discarded
-                try:
-                    await conn.invalidate()
-                except Exception:  # noqa: BLE001
-                    pass
+        return [bool(v) for v in (await self.reader.rows(stmt, {"now": clock.db_now()}))[0]]
