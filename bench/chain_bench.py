@@ -64,34 +64,69 @@ AS_SERVICE = "active-scheduler"
 # -- the load process ---------------------------------------------------------------------------------------------
 
 
-async def load_main(url: str, topic: str, rate: float, seconds: float, first_user: int, out: str) -> None:
-    """Separate process: one Go-shaped transaction per trigger at ``rate``/s; writes {user: commit time} to out."""
-    from sqlalchemy.ext.asyncio import create_async_engine
+async def load_main(url: str, topic: str, rate: float, seconds: float, first_user: int, out: str,
+                    via: str = "driver") -> None:
+    """Separate process: one Go-shaped transaction per trigger at ``rate``/s; writes {user: commit time} to out.
 
-    engine = create_async_engine(url, pool_size=32, max_overflow=0, isolation_level="READ COMMITTED")
+    ``via`` ``driver`` (default): aiomysql directly, as Go's database/sql talks to MySQL: START TRANSACTION, two
+    INSERTs, COMMIT (4 round trips, no pool ping or reset); the load generator stands in for the Go API, which
+    does not pay SQLAlchemy's per-statement CPU. ``sqlalchemy``: the same rows through a SQLAlchemy engine (its
+    pool adds a ROLLBACK per return), the load of the runs before 2026-12-03 10:00 UTC."""
     committed: dict[int, float] = {}
     total = int(rate * seconds)
     in_flight = asyncio.Semaphore(32)
-    trigger_insert, outbox_insert = sa.insert(active_schedule_triggers), sa.insert(AS_TABLE)
+    if via == "sqlalchemy":
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        engine = create_async_engine(url, pool_size=32, max_overflow=0, isolation_level="READ COMMITTED")
+        trigger_insert, outbox_insert = sa.insert(active_schedule_triggers), sa.insert(AS_TABLE)
+
+        async def write(trigger: dict[str, Any], outbox: dict[str, Any]) -> None:
+            async with engine.begin() as conn:
+                await conn.execute(trigger_insert, trigger)
+                await conn.execute(outbox_insert, outbox)
+
+        async with engine.connect() as conn:  # warm the pool's first connection
+            await conn.execute(sa.text("SELECT 1"))
+        close: Any = engine.dispose
+    else:
+        import aiomysql
+        from sqlalchemy.engine import make_url
+
+        u = make_url(url)
+        pool = await aiomysql.create_pool(host=u.host, port=u.port or 3306, user=u.username, password=u.password,
+                                          db=u.database, charset="utf8mb4", autocommit=True, minsize=1, maxsize=32)
+        sample = upstream_trigger_rows(topic, 1, 1, clock.now(), clock.db_now())  # column order only
+        sqls = [f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join(['%s'] * len(row))})"
+                for table, row in zip((active_schedule_triggers.name, AS_TABLE.name), sample)]
+
+        async def write(trigger: dict[str, Any], outbox: dict[str, Any]) -> None:
+            async with pool.acquire() as conn, conn.cursor() as cur:
+                await cur.execute("START TRANSACTION")
+                await cur.execute(sqls[0], list(trigger.values()))
+                await cur.execute(sqls[1], list(outbox.values()))
+                await conn.commit()
+
+        async def close() -> None:
+            pool.close()
+            await pool.wait_closed()
 
     async def one(user: int) -> None:
         trigger, outbox = upstream_trigger_rows(topic, user, user, clock.now(), clock.db_now())
-        async with in_flight, engine.begin() as conn:
-            await conn.execute(trigger_insert, trigger)
-            await conn.execute(outbox_insert, outbox)
+        async with in_flight:
+            await write(trigger, outbox)
         committed[user] = time.time()
 
-    async with engine.connect() as conn:  # warm the pool's first connection
-        await conn.execute(sa.text("SELECT 1"))
     tasks = []
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), time.process_time()
     for i in range(total):
         await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
         tasks.append(asyncio.create_task(one(first_user + i)))
     await asyncio.gather(*tasks)
     offered = total / (time.monotonic() - start)
-    await engine.dispose()
-    Path(out).write_text(json.dumps({"offered": offered, "committed": committed}))
+    cpu = time.process_time() - cpu_start  # the writes only: not the interpreter's start and imports (~1 s)
+    await close()
+    Path(out).write_text(json.dumps({"offered": offered, "committed": committed, "cpu_seconds": cpu}))
 
 
 # -- whole chain --------------------------------------------------------------------------------------------------
@@ -184,17 +219,17 @@ async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> di
         for rate, total in zip(rates, totals):
             print(f"chain at {rate:g} triggers/s for {args.seconds:g} s ...", flush=True)
             result_file = LOGS / f"chain-load-{tag}-{rate:g}.json"
-            cpu_seconds_children()  # baseline: children reaped so far
             before = cpu_of(components)
             load = spawn(["bench/chain_bench.py", "--load", url, settings.services[AS_SERVICE].topic, str(rate),
-                          str(args.seconds), str(first_user), str(result_file)], {**env, "SMARTFLOW_LOG_LEVEL": "warning"},
+                          str(args.seconds), str(first_user), str(result_file), args.load_via], {**env, "SMARTFLOW_LOG_LEVEL": "warning"},
                          LOGS / f"chain-load-{tag}.log")
             spies = start_profiles(args, components, f"rate{rate:g}", args.seconds)
             while load.poll() is None:
                 await asyncio.sleep(0.1)
             for spy in spies:
                 spy.wait()
-            load_cpu = cpu_seconds_children()
+            if load.returncode != 0:
+                raise SystemExit(f"the load process failed (exit {load.returncode}): see {LOGS}/chain-load-{tag}.log")
             users = range(first_user, first_user + total)
             deadline = time.monotonic() + max(30.0, args.seconds * 3)
             while sum(1 for u in users if u in hook.first) < total and time.monotonic() < deadline:
@@ -206,7 +241,7 @@ async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> di
             delivered = [u for u in users if u in hook.first]
             span = (max(hook.first[u] for u in delivered) - min(committed.values())) if delivered else float("nan")
             cpu = {k: 1000 * (after[k] - before[k]) / max(1, len(delivered)) for k in before}
-            cpu["load"] = 1000 * load_cpu / max(1, total)
+            cpu["load"] = 1000 * loaded["cpu_seconds"] / max(1, total)  # its writes, not its start-up
             hops = await hop_latencies(engine, {str(u) for u in users})
             out["rates"][rate] = {"offered": loaded["offered"], "committed": len(committed), "hops": hops,
                                   "delivered": len(delivered), "delivered_s": len(delivered) / span,
@@ -222,8 +257,6 @@ async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> di
         await hook.__aexit__(None, None, None)
     return out
 
-
-_children_seen = 0.0
 
 NOTIFICATION_TABLE = outbox_table("notification_outbox_messages")
 
@@ -242,15 +275,6 @@ async def hop_latencies(engine: Any, keys: set[str]) -> dict[str, float]:
                       if getattr(r, a) is not None and getattr(r, b) is not None]
             out[f"{label} {hop}"] = percentiles(values, (50,))["p50"]
     return out
-
-
-def cpu_seconds_children() -> float:
-    """CPU seconds of the children reaped since the previous call (the load process just waited for)."""
-    global _children_seen
-    t = os.times()
-    total = t[2] + t[3]
-    delta, _children_seen = total - _children_seen, total
-    return delta
 
 
 # -- relay on Go-shaped rows --------------------------------------------------------------------------------------
@@ -351,7 +375,7 @@ def report(args: argparse.Namespace, chain_res: dict[str, Any] | None, relay_res
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     if chain_res:
         print(f"\nwhole chain: relay (all 8 tables) + 1 worker, MariaDB, Tansu, instant webhook, load from a separate "
-              f"process, {args.seconds:g} s per rate, one user per trigger"
+              f"process (via {args.load_via}), {args.seconds:g} s per rate, one user per trigger"
               + (f", env {' '.join(args.env)}" if args.env else ""))
         if "idle" in chain_res:
             idle = chain_res["idle"]
@@ -395,6 +419,8 @@ async def main() -> None:
     parser.add_argument("--profile", default="", help="directory for py-spy collapsed stacks of relay and worker")
     parser.add_argument("--skip-chain", action="store_true")
     parser.add_argument("--skip-relay", action="store_true")
+    parser.add_argument("--load-via", choices=("driver", "sqlalchemy"), default="driver",
+                        help="how the load process writes (driver: aiomysql as Go's database/sql; see load_main)")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for relay and worker (repeatable)")
     args = parser.parse_args()
     if args.profile:
@@ -411,7 +437,7 @@ async def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--load":
-        _, _, url, topic, rate, seconds, first, out = sys.argv
-        asyncio.run(load_main(url, topic, float(rate), float(seconds), int(first), out))
+        _, _, url, topic, rate, seconds, first, out, via = sys.argv
+        asyncio.run(load_main(url, topic, float(rate), float(seconds), int(first), out, via))
     else:
         asyncio.run(main())
