@@ -44,7 +44,8 @@ class LocalWebhookServer:
             app.router.add_post(path, handler)
         for path, handler in self.get_routes():
             app.router.add_get(path, handler)
-        self._runner = web.AppRunner(app, access_log=None)
+        # on exit, a handler still running (a webhook made to hang) is cancelled after 1 s, not aiohttp's 60 s
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         self.port = free_port()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
