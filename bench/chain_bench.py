@@ -219,7 +219,7 @@ async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> di
         for rate, total in zip(rates, totals):
             print(f"chain at {rate:g} triggers/s for {args.seconds:g} s ...", flush=True)
             result_file = LOGS / f"chain-load-{tag}-{rate:g}.json"
-            before = cpu_of(components)
+            before, statements_before = cpu_of(components), await server_statements(engine)
             load = spawn(["bench/chain_bench.py", "--load", url, settings.services[AS_SERVICE].topic, str(rate),
                           str(args.seconds), str(first_user), str(result_file), args.load_via], {**env, "SMARTFLOW_LOG_LEVEL": "warning"},
                          LOGS / f"chain-load-{tag}.log")
@@ -234,7 +234,7 @@ async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> di
             deadline = time.monotonic() + max(30.0, args.seconds * 3)
             while sum(1 for u in users if u in hook.first) < total and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-            after = cpu_of(components)
+            after, statements_after = cpu_of(components), await server_statements(engine)
             loaded = json.loads(result_file.read_text())
             committed = {int(u): t for u, t in loaded["committed"].items()}
             lat = [(hook.first[u] - committed[u]) * 1000 for u in users if u in hook.first and u in committed]
@@ -246,7 +246,8 @@ async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> di
             out["rates"][rate] = {"offered": loaded["offered"], "committed": len(committed), "hops": hops,
                                   "delivered": len(delivered), "delivered_s": len(delivered) / span,
                                   "dupes": sum(1 for u in users if hook.per_user.get(u, 0) > 1),
-                                  **percentiles(lat), "cpu": cpu}
+                                  **percentiles(lat), "cpu": cpu,
+                                  "statements": (statements_after - statements_before) / max(1, len(delivered))}
             first_user += total
             await asyncio.sleep(1)
         out["sent_db"] = await count_sent(engine)
@@ -259,6 +260,13 @@ async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> di
 
 
 NOTIFICATION_TABLE = outbox_table("notification_outbox_messages")
+LOAD_STATEMENTS = 4  # per trigger: START TRANSACTION (sqlalchemy: ROLLBACK on return), 2 INSERTs, COMMIT
+
+
+async def server_statements(engine: Any) -> int:
+    """MariaDB's count of statements clients sent (``Questions``), all clients, this one's reads included."""
+    async with engine.connect() as conn:
+        return int((await conn.execute(sa.text("SHOW GLOBAL STATUS LIKE 'Questions'"))).one()[1])
 
 
 async def hop_latencies(engine: Any, keys: set[str]) -> dict[str, float]:
@@ -382,11 +390,13 @@ def report(args: argparse.Namespace, chain_res: dict[str, Any] | None, relay_res
             print(f"\nidle {args.idle_seconds:g} s after the worker is ready, % of one core: " + ", ".join(
                 f"{k} {idle[k]:.1f} %" for k in ("relay", "worker", "broker", "mariadb", "webhook")))
         print("\n| offered/s | delivered/s | delivered | p50 ms | p95 ms | p99 ms | users POSTed twice | "
-              "CPU ms/trigger: worker / relay / MariaDB / broker / load / webhook |\n|---|---|---|---|---|---|---|---|")
+              "CPU ms/trigger: worker / relay / MariaDB / broker / load / webhook | SQL statements/trigger (relay + "
+              "worker) |\n|---|---|---|---|---|---|---|---|---|")
         for rate, r in chain_res["rates"].items():
             cpu = " / ".join(f"{r['cpu'][k]:.2f}" for k in ("worker", "relay", "mariadb", "broker", "load", "webhook"))
             print(f"| {r['offered']:.0f} | {r['delivered_s']:.0f} | {r['delivered']}/{r['committed']} | "
-                  f"{r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | {r['dupes']} | {cpu} |")
+                  f"{r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | {r['dupes']} | {cpu} | "
+                  f"{r['statements'] - LOAD_STATEMENTS:.1f} |")
         print("\np50 per hop (ms, row timestamps): " + "; ".join(
             f"{rate:g}/s: " + ", ".join(f"{k} {v:.0f}" for k, v in r["hops"].items())
             for rate, r in chain_res["rates"].items()))
