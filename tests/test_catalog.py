@@ -79,7 +79,8 @@ def test_id_filter_quotes_the_table_name() -> None:
     from smartflow_streams.outbox.repository import _id_in
 
     table = outbox_table("select")
-    assert "`select`.id IN (1,2)" in str(sa.select(table.c.id).where(_id_in(table, [1, 2])).compile(
-        dialect=mysql.dialect()))
+    rendered = {"render_postcompile": True}  # the ids are rendered at execution time
+    assert "`select`.id IN (1, 2)" in str(sa.select(table.c.id).where(_id_in(table, [1, 2])).compile(
+        dialect=mysql.dialect(), compile_kwargs=rendered))
     assert '"select".id NOT IN (3)' in str(sa.delete(table).where(_id_in(table, [3], negate=True)).compile(
-        dialect=sqlite.dialect()))
+        dialect=sqlite.dialect(), compile_kwargs=rendered))
