@@ -14,7 +14,7 @@ Invariants and limits:
 - Any failure or cancellation during a read drops the connection (closed, or invalidated if closing fails within
   5 s); the next read opens a fresh one. The caller sees the error and backs off as before.
 - MySQL/MariaDB only: on SQLite every transaction starts with ``BEGIN IMMEDIATE`` (a write lock), so SQLite reads
-  take a pooled connection each time (:meth:`read` does that by itself).
+  take a pooled connection each time (:meth:`HeldReader.rows` does that by itself).
 """
 
 from __future__ import annotations

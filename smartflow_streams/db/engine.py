@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from pymysql.constants.SERVER_STATUS import SERVER_STATUS_IN_TRANS  # the server has a transaction open
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine, AsyncSession
@@ -58,9 +59,6 @@ def create_engine(settings: Settings, *, pool_size: int = 10, echo: bool = False
     )
     _mysql_pool_manners(engine, settings.database_ping_after_idle_seconds)
     return engine
-
-
-SERVER_STATUS_IN_TRANS = 1  # MySQL protocol: the server has a transaction open on this connection
 
 
 def _mysql_pool_manners(engine: AsyncEngine, ping_after_idle: float) -> None:
