@@ -105,8 +105,9 @@ class WorkerSettings(BaseModel):
     batch_max: int = Field(
         200, ge=1, description="events an agent takes from its stream at once (acked after the whole batch)")
     batch_within_seconds: float = Field(
-        0.03, gt=0, description="longest wait for a batch to fill; the latency an idle agent adds to one event "
-        "(30 ms: fewer, bigger batches; chosen by bench/chain_bench.py A/B against 10 and 50 ms, docs/benchmarks.md)")
+        0.03, gt=0, description="how long a loaded agent (events were waiting when its last batch came back) "
+        "collects before its next batch; a free agent takes an event at once and an idle one does not wake "
+        "(agents/batching.py; 30 ms chosen by bench/chain_bench.py A/B against 10 and 50 ms, docs/benchmarks.md)")
     fetch_max_wait_ms: int = Field(
         1500, ge=1, le=60_000, description="longest a consumer fetch may wait for records (Faust hard-codes 1500; "
         "Apache Kafka answers as soon as records arrive, Tansu only after the whole wait: use 10 there)")

@@ -1,6 +1,7 @@
 """Faust agents: one per consumed service topic, ``concurrency=1`` (faust-streaming #606: at-least-once breaks
 with more), parallelism from partitions, workers and, inside one agent, from batches: the agent takes up to
-``worker.batch_max`` events (waiting at most ``worker.batch_within_seconds``), hands them to
+``worker.batch_max`` events (:func:`agents.batching.take_batches`: at once when the agent is free, after
+``worker.batch_within_seconds`` more when events were already waiting; no wake-up while idle), hands them to
 :meth:`agents.dispatch.Dispatcher.handle_batch` (different message keys concurrently, one key in order), and Faust
 acks the batch only when that returns.
 
@@ -16,6 +17,7 @@ from typing import Any
 import faust
 
 from agents import active_scheduler, notification  # noqa: F401 - registers handlers
+from agents.batching import take_batches
 from agents.dispatch import Dispatcher
 from smartflow_streams.core import metrics
 from smartflow_streams.catalog import registry
@@ -40,7 +42,7 @@ def _agent_fn(runtime: WorkerRuntime, dispatcher: Dispatcher, service: str) -> A
     worker = runtime.settings.worker
 
     async def process(stream: faust.StreamT) -> Any:
-        async for events in stream.take_events(worker.batch_max, within=worker.batch_within_seconds):
+        async for events in take_batches(stream, worker.batch_max, worker.batch_within_seconds):
             metrics.agent_batch_events.labels(service).observe(len(events))
             for outcome in await dispatcher.handle_batch(service, list(events)):
                 yield outcome

@@ -23,7 +23,7 @@ Invariants:
   keys run concurrently, at most ``worker.max_in_flight`` at once (1 on SQLite, which has one writer). Upstream
   keys every event by its aggregate (user id for both contract events), so per-key order is the order that matters;
   the relative order of two keys was never defined (they may sit in different partitions). The agent acks the
-  batch only after every event of it returned (``stream.take_events``), so a crash redelivers the whole batch and
+  batch only after every event of it returned (:func:`agents.batching.take_batches`), so a crash redelivers the whole batch and
   the duplicates are no-ops.
 - Batched handlers (``worker.batched_handlers``, default on): the events of a batch whose handler has a ``batch``
   function (both contract events) are classified first; those that are ready (valid, owned, not known terminal, one
