@@ -224,8 +224,14 @@ async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> di
                           str(args.seconds), str(first_user), str(result_file), args.load_via], {**env, "SMARTFLOW_LOG_LEVEL": "warning"},
                          LOGS / f"chain-load-{tag}.log")
             spies = start_profiles(args, components, f"rate{rate:g}", args.seconds)
+            rss = {k: [rss_mib(components[k][0])] for k in ("worker", "relay")}
+            next_sample = time.monotonic() + RSS_EVERY_SECONDS
             while load.poll() is None:
                 await asyncio.sleep(0.1)
+                if time.monotonic() >= next_sample:
+                    next_sample += RSS_EVERY_SECONDS
+                    for k in rss:
+                        rss[k].append(rss_mib(components[k][0]))
             for spy in spies:
                 spy.wait()
             if load.returncode != 0:
@@ -235,6 +241,8 @@ async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> di
             while sum(1 for u in users if u in hook.first) < total and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             after, statements_after = cpu_of(components), await server_statements(engine)
+            for k in rss:
+                rss[k].append(rss_mib(components[k][0]))
             loaded = json.loads(result_file.read_text())
             committed = {int(u): t for u, t in loaded["committed"].items()}
             lat = [(hook.first[u] - committed[u]) * 1000 for u in users if u in hook.first and u in committed]
@@ -247,7 +255,8 @@ async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> di
                                   "delivered": len(delivered), "delivered_s": len(delivered) / span,
                                   "dupes": sum(1 for u in users if hook.per_user.get(u, 0) > 1),
                                   **percentiles(lat), "cpu": cpu,
-                                  "statements": (statements_after - statements_before) / max(1, len(delivered))}
+                                  "statements": (statements_after - statements_before) / max(1, len(delivered)),
+                                  "rss": rss}
             first_user += total
             await asyncio.sleep(1)
         out["sent_db"] = await count_sent(engine)
@@ -257,6 +266,21 @@ async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> di
         await engine.dispose()
         await hook.__aexit__(None, None, None)
     return out
+
+
+RSS_EVERY_SECONDS = 10.0
+"""Resident memory of the worker and the relay is sampled this often during a phase (and at its end)."""
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident set (``VmRSS``) in MiB; NaN once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 NOTIFICATION_TABLE = outbox_table("notification_outbox_messages")
@@ -397,6 +421,14 @@ def report(args: argparse.Namespace, chain_res: dict[str, Any] | None, relay_res
             print(f"| {r['offered']:.0f} | {r['delivered_s']:.0f} | {r['delivered']}/{r['committed']} | "
                   f"{r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | {r['dupes']} | {cpu} | "
                   f"{r['statements'] - LOAD_STATEMENTS:.1f} |")
+        print("\nRSS MiB during each phase (start -> end, peak): " + "; ".join(
+            f"{rate:g}/s: " + ", ".join(f"{k} {v[0]:.0f} -> {v[-1]:.0f} ({max(v):.0f})" for k, v in r["rss"].items())
+            for rate, r in chain_res["rates"].items()))
+        for rate, r in chain_res["rates"].items():
+            if len(r["rss"]["worker"]) > 13:  # phases over ~2 min: one sample per minute
+                step = int(60 / RSS_EVERY_SECONDS)
+                for k, v in r["rss"].items():
+                    print(f"RSS MiB {k} at {rate:g}/s, per minute: " + " ".join(f"{x:.0f}" for x in v[::step]))
         print("\np50 per hop (ms, row timestamps): " + "; ".join(
             f"{rate:g}/s: " + ", ".join(f"{k} {v:.0f}" for k, v in r["hops"].items())
             for rate, r in chain_res["rates"].items()))
