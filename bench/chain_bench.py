@@ -20,6 +20,13 @@ One Tansu broker and one private MariaDB for everything.
    producer sending the same messages (same keys, values and headers) and the upstream-style per-row relay
    (``--baseline-rows``), same run, with ratios. ``--relay-variants`` adds the drains that isolate what the Go shape
    costs against ``bench/relay_bench.py``'s load (one table, notification rows, 500 keys).
+3. **Memory** (every phase): the worker's and the relay's RSS at the start and end of each phase and its peak
+   (sampled every 10 s); phases longer than 2 min also print one sample per minute. A soak is one long phase:
+   ``--skip-relay --rates 150 --seconds 1800 --idle-seconds 0``.
+4. **Scale-out** (``--scale-out FRACTION``, root): the ``--rates`` phases twice, with 1 and with 2 workers, each
+   worker in its own cgroup capped at FRACTION of a core, so that the workers and not the shared 2-core box are the
+   limit; prints which partitions each worker held and delivered/s with 2 workers against 1. Offer more than one
+   capped worker can take (its capacity is ~FRACTION / its CPU ms per trigger).
 Targets (issue 16): >= 1,000 triggers/s delivered, p50 < 100 ms at 50/s, p99 < 250 ms at 200/s and < 1 s at
 1,000/s; relay >= 0.5x the raw producer and >= 20x the per-row relay; idle relay and worker < 2 % of a core.
 """
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -48,7 +56,7 @@ from bench import relay_bench  # noqa: E402
 from bench.common import (  # noqa: E402
     bulk_fill, cpu_seconds, machine, mariadb, new_mysql_database, percentiles, pids_named, tansu,
 )
-from bench.pipeline_bench import LOGS, Webhook, count_sent, env_for, prepare  # noqa: E402
+from bench.pipeline_bench import LOGS, Webhook, count_sent, env_for, prepare, worker_envs  # noqa: E402
 from outbox_relay.producer import ensure_topics  # noqa: E402
 from smartflow_streams.core import clock  # noqa: E402
 from smartflow_streams.contracts.envelope import KafkaEnvelope, OutboxEventShell  # noqa: E402
@@ -117,12 +125,25 @@ async def load_main(url: str, topic: str, rate: float, seconds: float, first_use
             await write(trigger, outbox)
         committed[user] = time.time()
 
-    tasks = []
+    tasks: set[asyncio.Task[None]] = set()  # the unfinished ones only: a 30-minute soak is ~270,000 writes
+    failed: list[BaseException] = []
+
+    def done(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            failed.append(task.exception())  # type: ignore[arg-type]
+
     start, cpu_start = time.monotonic(), time.process_time()
     for i in range(total):
         await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-        tasks.append(asyncio.create_task(one(first_user + i)))
+        task = asyncio.create_task(one(first_user + i))
+        tasks.add(task)
+        task.add_done_callback(done)
+        if failed:
+            raise failed[0]
     await asyncio.gather(*tasks)
+    if failed:
+        raise failed[0]
     offered = total / (time.monotonic() - start)
     cpu = time.process_time() - cpu_start  # the writes only: not the interpreter's start and imports (~1 s)
     await close()
@@ -148,13 +169,76 @@ class FirstPostWebhook(Webhook):
         return await super()._handle(request)
 
 
-def chain_components(relay: subprocess.Popen[bytes], worker: subprocess.Popen[bytes], db_url: str,
+def chain_components(relay: subprocess.Popen[bytes], workers: list[subprocess.Popen[bytes]], db_url: str,
                      bootstrap: str) -> dict[str, list[int]]:
     """This run's processes (the machine may run other MariaDB and Tansu servers: matched by port)."""
     from sqlalchemy.engine import make_url
 
-    return {"worker": [worker.pid], "relay": [relay.pid], "mariadb": pids_named("mariadbd", make_url(db_url).port),
+    return {"worker": [w.pid for w in workers], "relay": [relay.pid],
+            "mariadb": pids_named("mariadbd", make_url(db_url).port),
             "broker": pids_named("tansu", int(bootstrap.rsplit(":", 1)[1]))}
+
+
+async def wait_assigned(logs: list[Path], timeout: float) -> list[str]:
+    """Several workers: wait until the group's rebalances are over (no new assignment in any log for 5 s) and each
+    worker holds partitions of the trigger topic (its last assignment table names it)."""
+    def state() -> tuple[tuple[int, ...], bool]:
+        counts, all_have = [], True
+        for log in logs:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            counts.append(text.count("Executing _on_partitions_assigned"))
+            last = text.rsplit("Setting newly assigned partitions", 1)[-1].split("Executing _on_partitions_assigned")[0]
+            all_have = all_have and ".active-scheduler" in last
+        return tuple(counts), all_have
+
+    deadline, stable_since, last = time.monotonic() + timeout, time.monotonic(), state()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        now = state()
+        if now != last:
+            last, stable_since = now, time.monotonic()
+        elif now[1] and time.monotonic() - stable_since >= 5:
+            tables = [log.read_text(errors="replace").rsplit("Setting newly assigned partitions", 1)[-1] for log in logs]
+            return [" ".join(" ".join(line.strip("| ").split()) for line in t.splitlines() if ".active-scheduler" in line
+                             or ".notification " in line) for t in tables]
+    raise SystemExit(f"workers not all assigned trigger partitions within {timeout:g} s: {logs}")
+
+
+class CpuCap:
+    """Caps each given process at ``fraction`` of one core in a cgroup of its own (cgroup v1 ``cpu`` controller, or
+    v2 ``cpu.max``; needs root), so a worker, not the 2-core box, is the limit: ``--scale-out``. Removed on close."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, fraction: float, tag: str) -> None:
+        self.fraction, self.tag, self.groups = fraction, tag, []
+        v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
+        if (v1 / "cpu.cfs_quota_us").exists():
+            self.root, self.v2 = v1, False
+        elif (v2 / "cgroup.controllers").exists() and "cpu" in (v2 / "cgroup.controllers").read_text():
+            self.root, self.v2 = v2, True
+        else:
+            raise SystemExit("--scale-out needs a cgroup cpu controller (v1 /sys/fs/cgroup/cpu or v2 cpu.max)")
+
+    def cap(self, pid: int) -> None:
+        group = self.root / f"sf-bench-{self.tag}-{pid}"
+        group.mkdir()
+        self.groups.append(group)
+        quota = int(self.fraction * self.PERIOD_US)
+        if self.v2:
+            (group / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        else:
+            (group / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+        (group / "cgroup.procs").write_text(str(pid))  # every thread of the process, and threads it starts later
+
+    def close(self) -> None:
+        for group in self.groups:
+            for pid in (group / "cgroup.procs").read_text().split():  # still running: back to the root group
+                with contextlib.suppress(OSError):
+                    (self.root / "cgroup.procs").write_text(pid)
+            with contextlib.suppress(OSError):
+                group.rmdir()
 
 
 def py_spy() -> str:
@@ -187,7 +271,10 @@ def cpu_of(components: dict[str, list[int]]) -> dict[str, float]:
     return out
 
 
-async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
+async def chain(server_url: str, bootstrap: str, args: argparse.Namespace, workers: int = 1,
+                cpu_cap: float = 0.0) -> dict[str, Any]:
+    """One chain run: relay + ``workers`` workers (each capped at ``cpu_cap`` of a core when > 0), the idle window,
+    then each rate of ``--rates`` for ``--seconds``."""
     hook = await FirstPostWebhook().__aenter__()
     rates = [float(r) for r in args.rates.split(",") if r]
     totals = [int(r * args.seconds) for r in rates]
@@ -200,11 +287,18 @@ async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> di
     env.update(dict(kv.split("=", 1) for kv in args.env))
     LOGS.mkdir(parents=True, exist_ok=True)
     relay = spawn_relay(env, LOGS / f"chain-relay-{tag}.log")
-    worker = spawn_worker(env, LOGS / f"chain-worker-{tag}.log")
-    out: dict[str, Any] = {"rates": {}, "logs": str(LOGS), "tag": tag}
+    logs = [LOGS / f"chain-worker-{tag}-{w}.log" for w in range(workers)]
+    procs = [spawn_worker(wenv, log) for wenv, log in zip(worker_envs(env, tag, workers, False), logs)]
+    capper = CpuCap(cpu_cap, tag) if cpu_cap > 0 else None
+    out: dict[str, Any] = {"rates": {}, "logs": str(LOGS), "tag": tag, "workers": workers, "cpu_cap": cpu_cap}
     try:
-        await wait_worker_ready(LOGS / f"chain-worker-{tag}.log", 120)
-        components = chain_components(relay, worker, url, bootstrap)
+        if capper:
+            for proc in procs:
+                capper.cap(proc.pid)
+        await asyncio.gather(*(wait_worker_ready(log, 120) for log in logs))
+        if workers > 1:
+            out["assignments"] = await wait_assigned(logs, 90)
+        components = chain_components(relay, procs, url, bootstrap)
         if args.idle_seconds:
             before, t0 = cpu_of(components), time.monotonic()
             spies = start_profiles(args, components, "idle", args.idle_seconds)
@@ -261,8 +355,11 @@ async def chain(server_url: str, bootstrap: str, args: argparse.Namespace) -> di
             await asyncio.sleep(1)
         out["sent_db"] = await count_sent(engine)
     finally:
-        terminate(worker)
+        for proc in procs:
+            terminate(proc)
         terminate(relay)
+        if capper:
+            capper.close()
         await engine.dispose()
         await hook.__aexit__(None, None, None)
     return out
@@ -450,6 +547,25 @@ def report(args: argparse.Namespace, chain_res: dict[str, Any] | None, relay_res
                 print(f"| {name} | {rows_s:,.0f} | {cpu:.0f} | {rows_s / r['relay_rows_s']:.2f}x | {stmts:.3f} |")
 
 
+def report_scale_out(args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
+    print(f"\nmachine: {machine()}")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"\nscale-out: relay + 1 or 2 workers, each worker capped at {args.scale_out:g} of a core (cgroup), "
+          f"{args.seconds:g} s per rate" + (f", env {' '.join(args.env)}" if args.env else ""))
+    for run in runs:
+        for i, assigned in enumerate(run.get("assignments", [])):
+            print(f"  {run['workers']} workers: worker {i} holds {assigned}")
+    print("\n| offered/s | workers | delivered/s | vs 1 worker | delivered | p50 ms | p99 ms | users POSTed twice | "
+          "CPU ms/trigger: workers / relay / MariaDB / broker |\n|---|---|---|---|---|---|---|---|---|")
+    for rate in runs[0]["rates"]:
+        one = runs[0]["rates"][rate]["delivered_s"]
+        for run in runs:
+            r = run["rates"][rate]
+            cpu = " / ".join(f"{r['cpu'][k]:.2f}" for k in ("worker", "relay", "mariadb", "broker"))
+            print(f"| {r['offered']:.0f} | {run['workers']} | {r['delivered_s']:.0f} | {r['delivered_s'] / one:.2f}x | "
+                  f"{r['delivered']}/{r['committed']} | {r['p50']:.0f} | {r['p99']:.0f} | {r['dupes']} | {cpu} |")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rates", default="50,200,1000", help="offered triggers/s, in order (empty: no sweep)")
@@ -464,12 +580,19 @@ async def main() -> None:
     parser.add_argument("--load-via", choices=("driver", "sqlalchemy"), default="driver",
                         help="how the load process writes (driver: aiomysql as Go's database/sql; see load_main)")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for relay and worker (repeatable)")
+    parser.add_argument("--scale-out", type=float, default=0.0, metavar="FRACTION",
+                        help="instead of the sweep: the --rates phases with 1 and then 2 workers, each capped at "
+                        "FRACTION of a core (cgroup, root), so the workers and not the box are the limit")
     args = parser.parse_args()
     if args.profile:
         py_spy()  # fail before minutes of setup, not at the first phase
     (ROOT / "var").mkdir(exist_ok=True)
     chain_res = relay_res = None
     with tansu() as bootstrap, mariadb() as url:
+        if args.scale_out:
+            runs = [await chain(url, bootstrap, args, workers=n, cpu_cap=args.scale_out) for n in (1, 2)]
+            report_scale_out(args, runs)
+            return
         if not args.skip_chain and (args.rates or args.idle_seconds):
             chain_res = await chain(url, bootstrap, args)
         if not args.skip_relay:
