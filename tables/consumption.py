@@ -1,9 +1,10 @@
 """Consumption state: (service, outbox id) -> consumed/dead and when, plus per-service counters.
 
-Entries are kept ``worker.consumption_state_seconds`` (1 hour): relay duplicates arrive within its table lease and
-stale-published sweep windows (seconds to 10 minutes), and anything older (a consumer group reset to the beginning)
-is decided by the database's row status, as every duplicate is. Memory: 227 bytes per entry (tracemalloc), so
-about 1 hour x the event rate (300 events/s: ~1M entries, ~230 MB); values are shared objects, one per status. Counters are
+Entries are kept ``worker.consumption_state_seconds`` (15 minutes): relay duplicates arrive within its table lease
+and stale-published sweep windows (seconds to 10 minutes), and anything older (a consumer group reset to the
+beginning) is decided by the database's row status, as every duplicate is. Memory: ~0.4 KB per entry in a running
+worker (RSS slope of ``bench/chain_bench.py``'s soak, :mod:`tables.expiring`), bounded by retention x event rate
+(300 events/s for 15 min: 270,000 entries, ~110 MB); values are shared objects, one per status. Counters are
 kept per (service, partition), because a Faust table key must be written from its own partition; readers sum
 them. After a worker restart the counters come back from the changelog.
 

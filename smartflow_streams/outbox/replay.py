@@ -5,7 +5,7 @@ shell, so the same ``event_id`` and payload; a new outbox id, ``created_at`` now
 and the relay publishes the copies as it publishes any row. The originals are not changed: ``consumed`` and
 ``dead`` stay terminal (the repository's invariant), their history stays readable. Why not move the originals back
 to ``pending``: the worker's consumption-state table remembers a finished outbox id for
-``worker.consumption_state_seconds`` (1 h) and would drop the republished message as a duplicate without touching
+``worker.consumption_state_seconds`` (15 min) and would drop the republished message as a duplicate without touching
 the row, which would then sit ``published`` until the stale sweep and finally go ``dead``; a new id is never known.
 
 Invariants and limits:
