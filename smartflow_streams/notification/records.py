@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import NotificationSettings
 from smartflow_streams.core import clock
-from smartflow_streams.db.bulk import update_by_id
+from smartflow_streams.db.bulk import update_rows
 from smartflow_streams.db.models import json_text, notification_records as records
 from smartflow_streams.db.models import user_notification_channels as channels
 from smartflow_streams.notification.feishu import (
@@ -273,8 +273,7 @@ async def apply_outcomes(
     guards = (records.c.status == "sending", records.c.send_token == token)
     text = {c: sa.Text() for c in _JSON_COLUMNS}
     for params in groups.values():
-        for stmt in update_by_id(records, params, where=guards, bind_types=text):
-            changed += int((await session.execute(stmt)).rowcount or 0)
+        changed += await update_rows(session, records, params, where=guards, bind_types=text)
     if changed == len(intended):
         return dict(intended)
     ids = list(intended)

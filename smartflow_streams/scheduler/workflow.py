@@ -58,7 +58,7 @@ from smartflow_streams.contracts.events import (
     ActiveScheduleTriggeredPayload,
     FeishuNotificationRequestedPayload,
 )
-from smartflow_streams.db.bulk import update_by_id
+from smartflow_streams.db.bulk import update_rows
 from smartflow_streams.db.models import active_schedule_previews as previews_t
 from smartflow_streams.db.models import active_schedule_triggers as triggers_t
 from smartflow_streams.db.models import json_bind, json_text
@@ -313,8 +313,7 @@ async def run_trigger_workflow_many(
                      completed_at=now, updated_at=now,
                      **({"preview_id": v["preview_id"]} if status == TriggerStatus.PREVIEW_GENERATED.value else {}))
                 for trigger_id, v in finished.items() if v["status"] == status]
-        for stmt in update_by_id(triggers_t, rows):
-            await session.execute(stmt)
+        await update_rows(session, triggers_t, rows)
     return results
 
 

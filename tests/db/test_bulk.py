@@ -82,3 +82,21 @@ def test_equal_values_bind_once_and_rows_must_agree() -> None:
     with pytest.raises(ValueError, match="unique"):
         bulk.update_by_id(t, [dict(id=1, status="sent"), dict(id=1, status="dead")])
     assert bulk.update_by_id(t, []) == []
+
+
+async def test_large_updates_do_not_fill_the_compiled_cache(db) -> None:
+    """Each row count is its own statement shape: only the small ones (<= CACHED_ROWS_MAX rows) are cached, so
+    varying batch sizes cannot fill the engine's cache with ~8 KiB per row each; results stay exact."""
+    await _seed(db, 60)
+    cache = db.engine.sync_engine._compiled_cache
+    before = len(cache)
+    for n in range(bulk.CACHED_ROWS_MAX + 1, 60, 5):
+        async with db.engine.begin() as conn:
+            assert await bulk.update_rows(conn, notification_records, _rows(n), bind_types=TEXT) == n
+    assert len(cache) == before
+    async with db.engine.begin() as conn:
+        assert await bulk.update_rows(conn, notification_records, _rows(3), bind_types=TEXT) == 3
+    assert len(cache) == before + 1
+    async with db.engine.connect() as conn:
+        got = {r.id: r.status for r in await conn.execute(sa.select(notification_records.c.id, notification_records.c.status))}
+    assert got[3] == "failed" and got[55] == "sent" and got[59] == "sent"
