@@ -25,8 +25,9 @@ One Tansu broker and one private MariaDB for everything.
    ``--skip-relay --rates 150 --seconds 1800 --idle-seconds 0``.
 4. **Scale-out** (``--scale-out FRACTION``, root): the ``--rates`` phases twice, with 1 and with 2 workers, each
    worker in its own cgroup capped at FRACTION of a core, so that the workers and not the shared 2-core box are the
-   limit; prints which partitions each worker held and delivered/s with 2 workers against 1. Offer more than one
-   capped worker can take (its capacity is ~FRACTION / its CPU ms per trigger).
+   limit; topics get 4 partitions (2 per worker); prints which partitions each worker held and delivered/s with 2
+   workers against 1. Offer more than one capped worker can take (its capacity is ~FRACTION / its CPU ms per
+   trigger): ``--scale-out 0.25 --rates 120 --seconds 20 --idle-seconds 0``.
 Targets (issue 16): >= 1,000 triggers/s delivered, p50 < 100 ms at 50/s, p99 < 250 ms at 200/s and < 1 s at
 1,000/s; relay >= 0.5x the raw producer and >= 20x the per-row relay; idle relay and worker < 2 % of a core.
 """
@@ -199,8 +200,8 @@ async def wait_assigned(logs: list[Path], timeout: float) -> list[str]:
             last, stable_since = now, time.monotonic()
         elif now[1] and time.monotonic() - stable_since >= 5:
             tables = [log.read_text(errors="replace").rsplit("Setting newly assigned partitions", 1)[-1] for log in logs]
-            return [" ".join(" ".join(line.strip("| ").split()) for line in t.splitlines() if ".active-scheduler" in line
-                             or ".notification " in line) for t in tables]
+            return [" ".join(" ".join(line.strip("| ").split()) for line in t.splitlines() if line.startswith("|")
+                             and (".active-scheduler " in line or ".notification " in line)) for t in tables]
     raise SystemExit(f"workers not all assigned trigger partitions within {timeout:g} s: {logs}")
 
 
@@ -364,6 +365,10 @@ async def chain(server_url: str, bootstrap: str, args: argparse.Namespace, worke
         await hook.__aexit__(None, None, None)
     return out
 
+
+SCALE_OUT_PARTITIONS = 4
+"""``--scale-out`` topics get 4 partitions (unless ``--env`` sets them): 2 workers hold 2 each; with the default 3
+one worker would hold 2 of 3 and bound the ratio at 1.5x."""
 
 RSS_EVERY_SECONDS = 10.0
 """Resident memory of the worker and the relay is sampled this often during a phase (and at its end)."""
@@ -590,6 +595,9 @@ async def main() -> None:
     chain_res = relay_res = None
     with tansu() as bootstrap, mariadb() as url:
         if args.scale_out:
+            for key in ("SMARTFLOW_WORKER__TOPIC_PARTITIONS", "SMARTFLOW_RELAY__TOPIC_PARTITIONS"):
+                if not any(kv.startswith(key + "=") for kv in args.env):
+                    args.env.append(f"{key}={SCALE_OUT_PARTITIONS}")  # 2 workers x 2 partitions of each topic
             runs = [await chain(url, bootstrap, args, workers=n, cpu_cap=args.scale_out) for n in (1, 2)]
             report_scale_out(args, runs)
             return
