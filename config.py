@@ -133,7 +133,7 @@ class WorkerSettings(BaseModel):
         900, ge=60, description="how long the consumption-state table remembers a consumed/dead outbox id: 15 min "
         "covers the relay's duplicates (table-lease takeovers within seconds, the stale-published sweep after "
         "relay.republish_after_seconds, 600 s); older ones are decided by the database (one read). Memory ~0.4 KB "
-        "per entry, two entries per trigger (both hops): ~110 MB at a sustained 150 triggers/s")
+        "per entry, two entries per trigger (both hops): ~95 MB at a sustained 150 triggers/s")
 
 
 class NotificationSettings(BaseModel):

@@ -4,14 +4,15 @@ Entries are kept ``worker.consumption_state_seconds`` (15 minutes): relay duplic
 and stale-published sweep windows (seconds to 10 minutes), and anything older (a consumer group reset to the
 beginning) is decided by the database's row status, as every duplicate is. Memory: ~0.4 KB per entry in a running
 worker (RSS slope of ``bench/chain_bench.py``'s soak, :mod:`tables.expiring`), bounded by retention x event rate
-(300 events/s for 15 min: 270,000 entries, ~110 MB); values are shared objects, one per status. Counters are
+(300 events/s for 15 min: 270,000 entries, ~95 MB); values are shared objects, one per status. Counters are
 kept per (service, partition), because a Faust table key must be written from its own partition; readers sum
 them. After a worker restart the counters come back from the changelog.
 
-Cost: state entries and counts are buffered and written by :meth:`flush` once per (service, partition) per agent
-batch: two changelog messages per batch and partition (one state segment, one counters key) instead of one per
-event. What was recorded but not yet flushed when a worker dies is lost with it (the batch is redelivered, and its
-duplicates are not counted again: counters may undercount by at most one batch).
+Cost: state entries and counts are buffered; :meth:`flush` runs once per (service, partition) per agent batch and
+writes the counters key, and a state segment at most once per partition per second (:mod:`tables.expiring`)
+instead of one changelog message per event. What was recorded but not yet written when a worker dies is lost with
+it (its batch may already be acked: those duplicates are then decided by the database; counters may undercount by
+at most one batch).
 """
 
 from __future__ import annotations
