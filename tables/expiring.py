@@ -13,10 +13,11 @@ triggers/s, 2026-12-03). A flush therefore writes only when the partition's buff
 holds ``flush_max_entries`` (500).
 
 Invariants and limits:
-- Reads go through an in-memory index (entry key -> its segment key, a shared string), built from the table the
-  first time a partition is seen in a read or write with a current event of it (Faust recovers the table from the
-  changelog before the agent gets events of a newly assigned partition): O(1) per read after that. Entries written
-  by this process are visible at once, before their segment is written.
+- Reads go through an in-memory index (entry key -> its segment key, a shared string, or the partition number while
+  the entry is buffered: one home per entry), built from the table the first time a partition is seen in a read or
+  write with a current event of it (Faust recovers the table from the changelog before the agent gets events of a
+  newly assigned partition): O(1) per read after that. Entries written by this process are visible at once, before
+  their segment is written.
 - Memory: ~150-200 bytes per live entry (its key string, shared by the index and its segment, and one slot in each)
   plus ~600 bytes per segment; values are shared objects (:func:`status_value`). Bounded by ``ttl`` x entry rate:
   an entry is ignored once ``ttl`` has passed since its write, and while processing partition P at most 100 expired
@@ -54,12 +55,12 @@ class ExpiringTable:
         self.flush_every = flush_every_seconds
         self.flush_max = flush_max_entries
         self.table = app.Table(name, default=None, partitions=partitions, help=help)
-        self._index: dict[str, str] = {}  # entry key -> segment key (the segment holds its value)
+        self._index: dict[str, str | int] = {}  # entry key -> segment key holding its value, or (int) the partition
+        # whose buffer holds it until the next write
         self._written: dict[str, float] = {}  # segment key -> write time
         self._segments: dict[int, deque[str]] = {}  # partition -> segment keys, oldest first
         self._pending: dict[int, dict[str, dict[str, Any]]] = {}  # partition -> entries not yet written
         self._pending_since: dict[int, float] = {}  # partition -> time of its oldest buffered entry
-        self._unwritten: dict[str, tuple[int, dict[str, Any]]] = {}  # entry key -> (partition, value), buffered
         self._prefix = uuid.uuid4().hex[:8]
         self._seq = 0
 
@@ -70,14 +71,16 @@ class ExpiringTable:
         elif not self._segments:  # outside stream processing, before any event: index what the table holds, once
             self._index_all()
         now = time.time()
-        buffered = self._unwritten.get(key)
-        if buffered is not None:
-            since = self._pending_since.get(buffered[0], now)
-            return buffered[1] if since + self.ttl >= now else None
-        segment = self._index.get(key)
-        if segment is None or self._written.get(segment, 0.0) + self.ttl < now:
+        where = self._index.get(key)
+        if where is None:
             return None
-        return _entries(segment, self.table.get(segment)).get(key)
+        if isinstance(where, int):  # buffered in partition ``where``
+            if self._pending_since.get(where, now) + self.ttl < now:
+                return None
+            return self._pending.get(where, {}).get(key)
+        if self._written.get(where, 0.0) + self.ttl < now:
+            return None
+        return _entries(where, self.table.get(where)).get(key)
 
     def set(self, key: str, value: dict[str, Any]) -> None:
         """Remember ``key`` now; it reaches the changelog at a :meth:`flush` of the current partition."""
@@ -87,7 +90,7 @@ class ExpiringTable:
         if not pending:
             self._pending_since[partition] = time.time()
         pending[key] = value
-        self._unwritten[key] = (partition, value)
+        self._index[key] = partition
 
     def flush(self, partition: int, force: bool = False) -> None:
         """Write ``partition``'s buffered entries as one segment when they are ``flush_every_seconds`` old or
@@ -105,8 +108,6 @@ class ExpiringTable:
             self._written[segment] = now
             for key in pending:
                 self._index[key] = segment
-                if self._unwritten.get(key, (None,))[0] == partition:
-                    del self._unwritten[key]
             segments.append(segment)
         removed = 0
         while segments and self._written.get(segments[0], 0.0) + self.ttl < now and removed < MAX_EXPIRED_PER_FLUSH:
@@ -129,7 +130,7 @@ class ExpiringTable:
                 self._written[segment] = written
                 for key in _entries(segment, stored):
                     current = self._index.get(key)
-                    if current is None or self._written.get(current, 0.0) <= written:
+                    if current is None or (isinstance(current, str) and self._written.get(current, 0.0) <= written):
                         self._index[key] = segment
         return segments
 
@@ -140,7 +141,7 @@ class ExpiringTable:
 
     def __len__(self) -> int:
         """Entries this process knows, expired ones not yet removed and buffered ones included."""
-        return len(self._index) + sum(1 for key in self._unwritten if key not in self._index)
+        return len(self._index)
 
 
 def status_value(status: str) -> dict[str, str]:
